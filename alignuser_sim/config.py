@@ -1,0 +1,254 @@
+"""The scenario: one YAML file that fully determines a run (with its seed).
+
+Every knob of the project lives in this one model tree. Unknown keys are errors (a typo must not be
+silently ignored), and every validation problem is reported as ONE line naming the file and the key path,
+e.g. `scenarios/x.yaml: population.size: must be > 0`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ScenarioError
+
+DatasetName = Literal["ml-100k", "ml-1m-agent4rec", "amazon-books", "steam", "generic"]
+RecommenderName = Literal["random", "pop", "itemknn", "mf", "lightgcn"]
+
+
+class Strict(BaseModel):
+    """Base of every scenario model: unknown keys rejected, values validated on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class TableColumns(Strict):
+    """Where each canonical column comes from in a user's own file (generic loader)."""
+
+    user_id: str | None = None
+    item_id: str | None = None
+    rating: str | None = None
+    ts: str | None = None
+    title: str | None = None
+    genres: str | None = None
+    description: str | None = None
+
+
+class DatasetConfig(Strict):
+    name: DatasetName
+    path: Path | None = Field(
+        default=None,
+        description="Folder of the dataset (shared datasets) or None to locate it; relative to the scenario file.",
+    )
+    # generic loader only: files and their column mapping
+    interactions: Path | None = None
+    items: Path | None = None
+    users: Path | None = None
+    columns: TableColumns = Field(default_factory=TableColumns)
+    genre_separator: str = "|"
+    timestamp_unit: Literal["s", "ms"] = "s"
+
+    @model_validator(mode="after")
+    def _generic_needs_files(self) -> DatasetConfig:
+        if self.name == "generic" and self.interactions is None:
+            raise ValueError("interactions: required when name is 'generic'")
+        if self.name != "generic" and (self.interactions or self.items or self.users):
+            raise ValueError("interactions/items/users: only for name 'generic'")
+        return self
+
+
+class PopulationConfig(Strict):
+    size: Annotated[int, Field(gt=0)] | None = Field(default=None, description="None: every user")
+    sampling: Literal["random", "first", "most_active"] = "random"
+    users: list[str] | None = Field(default=None, description="Explicit user ids; overrides size/sampling")
+    seed: int | None = Field(default=None, description="Defaults to the scenario seed")
+
+
+class RecommenderConfig(Strict):
+    algorithm: RecommenderName = "pop"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PagesConfig(Strict):
+    count: Annotated[int, Field(gt=0)] = 5
+    items_per_page: Annotated[int, Field(ge=2, le=50)] = 4
+    distractor_ratio: Annotated[int, Field(ge=1, le=9)] = Field(
+        default=1, description="Distractors per positive: 1 means 1:1, 3 means 1:3. Also accepts '1:3'."
+    )
+    session_gap_hours: Annotated[float, Field(gt=0)] = 1.0
+
+    @field_validator("distractor_ratio", mode="before")
+    @classmethod
+    def _ratio_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            match = re.fullmatch(r"\s*1\s*:\s*(\d+)\s*", value)
+            if not match:
+                raise ValueError("must be an integer or a ratio like '1:3'")
+            return int(match.group(1))
+        return value
+
+    @property
+    def positives_per_page(self) -> int:
+        """How many of a page's slots hold the human's next items (at least one)."""
+        return max(1, round(self.items_per_page / (1 + self.distractor_ratio)))
+
+
+class SamplingConfig(Strict):
+    temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
+    top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
+    max_tokens: Annotated[int, Field(gt=0)] = 512
+
+
+class LLMConfig(Strict):
+    endpoints: list[str] | None = Field(default=None, description="OpenAI-compatible base URLs; None: embedded")
+    model: str = "smollm2"
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    concurrency: Annotated[int, Field(gt=0, le=4096)] = 32
+    timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    max_retries: Annotated[int, Field(ge=0, le=20)] = 5
+    cache: Literal["off", "read_write", "replay"] = "read_write"
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _one_endpoint(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must name at least one URL (or be omitted for the embedded model)")
+            for url in value:
+                if not re.match(r"^https?://", url):
+                    raise ValueError(f"'{url}' is not an http(s) URL")
+        return value
+
+
+class LearningConfig(Strict):
+    transitions_per_persona: Annotated[int, Field(gt=0)] = 4
+    counterfactuals_per_step: Annotated[int, Field(ge=0, le=16)] = 3
+    lessons_per_persona: Annotated[int, Field(gt=0, le=500)] = 20
+
+
+class Scenario(Strict):
+    name: str = Field(default="", description="Defaults to the file name")
+    description: str = ""
+    seed: int = 0
+    dataset: DatasetConfig
+    population: PopulationConfig = Field(default_factory=PopulationConfig)
+    recommender: RecommenderConfig = Field(default_factory=RecommenderConfig)
+    pages: PagesConfig = Field(default_factory=PagesConfig)
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    learning: LearningConfig = Field(default_factory=LearningConfig)
+    output_dir: Path = Path("runs")
+
+    @property
+    def population_seed(self) -> int:
+        return self.seed if self.population.seed is None else self.population.seed
+
+    def run_dir(self) -> Path:
+        return self.output_dir / self.name
+
+
+# --- loading -------------------------------------------------------------------------------------------
+
+
+def _short_message(error: dict[str, Any]) -> str:
+    """pydantic's error, said the way a person fixing a YAML file wants to read it."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    ctx = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in ctx.items()}
+    messages = {
+        "extra_forbidden": "unknown key",
+        "missing": "required key is missing",
+        "greater_than": "must be > {gt}",
+        "greater_than_equal": "must be >= {ge}",
+        "less_than": "must be < {lt}",
+        "less_than_equal": "must be <= {le}",
+        "int_type": "must be an integer",
+        "int_parsing": "must be an integer",
+        "int_from_float": "must be an integer",
+        "float_type": "must be a number",
+        "float_parsing": "must be a number",
+        "bool_type": "must be true or false",
+        "bool_parsing": "must be true or false",
+        "string_type": "must be a string",
+        "list_type": "must be a list",
+        "dict_type": "must be a mapping",
+        "model_type": "must be a mapping",
+        "model_attributes_type": "must be a mapping",
+        "path_type": "must be a path",
+    }
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected', '')}".replace("'", "")
+    if kind in ("value_error", "assertion_error"):
+        return str(ctx.get("error", error["msg"]))
+    template = messages.get(kind)
+    return template.format(**ctx) if template else error["msg"].lower()
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    # pydantic puts union branch names ("int", "constrained-int", ...) into loc; they mean nothing to a user
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in ("constrained-int", "int")))]
+    return ".".join(parts)
+
+
+def scenario_from_dict(data: Any, file: str | Path = "<scenario>") -> Scenario:
+    if not isinstance(data, dict):
+        raise ScenarioError(file, "", "must be a YAML mapping of keys to values")
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as exc:
+        # one line: the first problem (a person fixes them one at a time; the rest follow on re-run)
+        errors = exc.errors(include_url=False)
+        first = errors[0]
+        message = _short_message(first)
+        key = _key_path(first["loc"])
+        # a model-level validator reports "key: message" in its text
+        if not key or first["type"] == "value_error":
+            head, sep, tail = message.partition(": ")
+            if sep and re.fullmatch(r"[\w./]+", head):
+                key = f"{key}.{head.split('/')[0]}" if key else head
+                message = tail
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ScenarioError(file, key, message + more) from None
+    return scenario
+
+
+def load_scenario(path: str | Path) -> Scenario:
+    """Read, validate and resolve one scenario file (relative paths are taken from the file's folder)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ScenarioError(path, "", "file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ScenarioError(path, "", "not UTF-8 text") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ScenarioError(path, where, f"invalid YAML: {problem}") from None
+    if data is None:
+        raise ScenarioError(path, "", "empty file")
+    scenario = scenario_from_dict(data, path)
+    if not scenario.name:
+        scenario.name = path.stem
+    base = path.resolve().parent
+    ds = scenario.dataset
+    for field in ("path", "interactions", "items", "users"):
+        value = getattr(ds, field)
+        if value is not None and not value.is_absolute():
+            setattr(ds, field, (base / value).resolve())
+    return scenario
+
+
+def dump_scenario(scenario: Scenario) -> str:
+    """The resolved scenario as YAML (written next to every run's results)."""
+    return yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)
