@@ -26,7 +26,11 @@ from .data.tables import Dataset
 
 DEMOGRAPHIC_COLUMNS = ("gender", "age", "occupation")
 ACTIVITY_WORDS = {1: "an occasional viewer", 2: "a regular viewer", 3: "a very active viewer"}
-DIVERSITY_WORDS = {1: "sticks to a few genres", 2: "enjoys a moderate range of genres", 3: "watches widely across genres"}
+DIVERSITY_WORDS = {
+    1: "sticks to a few genres",
+    2: "enjoys a moderate range of genres",
+    3: "watches widely across genres",
+}
 CONFORMITY_WORDS = {
     1: "rates close to the crowd's average",
     2: "sometimes departs from the crowd's average",
@@ -147,6 +151,8 @@ def build_personas(ds: Dataset, users: list[str]) -> list[Persona]:
         i = index[uid]
         row = user_rows.get(uid, {})
         demographics = {c: str(row[c]) for c in DEMOGRAPHIC_COLUMNS if row.get(c) not in (None, "")}
+        if row.get("age_group"):  # ML-1M codes age as a bucket's lower bound; its label reads better
+            demographics["age"] = str(row["age_group"])
         personas.append(
             Persona(
                 user_id=uid,

@@ -89,8 +89,14 @@ BAD = {
     "users-not-list": (GOOD + "population:\n  users: abc\n", "population.users: must be a list"),
     "params-not-mapping": (GOOD + "recommender:\n  params: [1, 2]\n", "recommender.params: must be a mapping"),
     "concurrency-zero": (GOOD + "llm:\n  concurrency: 0\n", "llm.concurrency: must be > 0"),
-    "yaml-syntax": ("dataset:\n  name: ml-100k\n  bad: [unclosed\n", "line 4: invalid YAML: expected ',' or ']', but got '<stream end>'"),
-    "yaml-tab-indent": ("dataset:\n\tname: ml-100k\n", "line 2: invalid YAML: found character '\\t' that cannot start any token"),
+    "yaml-syntax": (
+        "dataset:\n  name: ml-100k\n  bad: [unclosed\n",
+        "line 4: invalid YAML: expected ',' or ']', but got '<stream end>'",
+    ),
+    "yaml-tab-indent": (
+        "dataset:\n\tname: ml-100k\n",
+        "line 2: invalid YAML: found character '\\t' that cannot start any token",
+    ),
     "empty-file": ("", "empty file"),
     "top-level-list": ("- a\n- b\n", "must be a YAML mapping of keys to values"),
     "two-problems": (

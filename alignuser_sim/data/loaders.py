@@ -30,8 +30,10 @@ def _loader(name: str):
     return importlib.import_module(LOADERS[name])
 
 
-def _fingerprint(cfg: DatasetConfig, sources: list[Path]) -> str:
-    stats = []
+def _fingerprint(cfg: DatasetConfig, sources: list[Path], module) -> str:
+    # the loader's own code is part of the key: a fixed loader must not be served a stale cache
+    code = hashlib.sha1(Path(module.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()
+    stats = [code]
     for src in sources:
         files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]
         for f in files:
@@ -45,7 +47,7 @@ def load_dataset(cfg: DatasetConfig, refresh: bool = False) -> Dataset:
     """The dataset's three tables, from the Parquet cache when its sources have not changed."""
     module = _loader(cfg.name)
     sources = module.sources(cfg)
-    folder = cache_dir("datasets") / f"{cfg.name}-{_fingerprint(cfg, sources)}"
+    folder = cache_dir("datasets") / f"{cfg.name}-{_fingerprint(cfg, sources, module)}"
     if not refresh and (folder / "meta.json").exists():
         return Dataset.load(folder)
     ds = module.load(cfg)

@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..config import PagesConfig
+from ..errors import UserError
 from .tables import Dataset
 
 ROLLOUTS = pa.schema(
@@ -134,10 +135,17 @@ def build_rollouts(ds: Dataset, users: list[str], pages: PagesConfig, seed: int)
         rated = np.zeros(n_items, dtype=bool)
         rated[u_codes] = True
         pool = np.flatnonzero(~rated)
-        if len(pool) >= n_dist:
+        if len(pool) < k - 1:
+            raise UserError(
+                f"user '{uid}' rated {len(u_codes)} of the {n_items} items: too few unrated items left "
+                f"for pages of {k} (lower pages.items_per_page)"
+            )
+        if len(pool) >= n_dist:  # no distractor repeats within the user's rollout
             distractors = rng.choice(pool, size=n_dist, replace=False)
-        else:
-            distractors = rng.choice(pool, size=n_dist, replace=True)
+        else:  # a small catalogue: repeats across pages, never within one
+            distractors = np.concatenate(
+                [rng.choice(pool, size=k - (b - a), replace=False) for a, b in chunks]
+            )
 
         d_at = 0
         page_in_session = 0

@@ -2,6 +2,8 @@
 
 Ids are strings everywhere (Amazon ASINs and Steam ids do not fit one integer type); code that needs
 speed dictionary-encodes them itself. `ts` is seconds since the epoch; `rating` is 1..5 where known.
+`interactions.liked` is an explicit like/dislike where the dataset has one instead of stars (Steam's
+"recommended"); null elsewhere (there, a like is derived from the rating where needed).
 `interactions.split` carries a dataset's own train/valid/test split where it has one (ML-1M Agent4Rec),
 and `interactions.seq` the row's position in the source, the tie-breaker when `ts` is missing or equal.
 """
@@ -25,6 +27,7 @@ INTERACTIONS = pa.schema(
         pa.field("rating", pa.float32()),
         pa.field("ts", pa.int64()),
         pa.field("split", pa.string()),
+        pa.field("liked", pa.bool_()),
         pa.field("seq", pa.int64(), nullable=False),
     ]
 )
@@ -94,6 +97,7 @@ def make_interactions(
     rating: list[float | None] | None = None,
     ts: list[int | None] | None = None,
     split: list[str | None] | None = None,
+    liked: list[bool | None] | None = None,
 ) -> pa.Table:
     n = len(user_id)
     none = [None] * n
@@ -104,6 +108,7 @@ def make_interactions(
             "rating": pa.array(rating if rating is not None else none, pa.float32()),
             "ts": pa.array(ts if ts is not None else none, pa.int64()),
             "split": pa.array(split if split is not None else none, pa.string()),
+            "liked": pa.array(liked if liked is not None else none, pa.bool_()),
             "seq": pa.array(range(n), pa.int64()),
         },
         schema=INTERACTIONS,

@@ -1,0 +1,1 @@
+"""Ray placement only: thin actors around the library (PersonaShard, RecommenderActor, Coordinator)."""
