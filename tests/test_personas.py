@@ -49,7 +49,8 @@ def test_personas_on_a_hand_made_dataset():
     # item means: a = 4, b = 3.5, c = 1 -> u1 deviations 1, 2.25, 0 -> mean 1.0833
     assert u1.rating_deviation == pytest.approx((1 + 2.25 + 0) / 3)
     assert personas["u2"].rating_deviation == pytest.approx(1.0)
-    assert u1.activity == 3 and personas["u2"].activity == 1
+    # 3 users ranked by count (u2 1, u3 2, u1 3): ranks 0,1 < 60% of 3 -> level 1; rank 2 < 90% -> level 2
+    assert (u1.activity, personas["u3"].activity, personas["u2"].activity) == (2, 1, 1)
     assert u1.demographics == {"gender": "F"} and personas["u3"].demographics == {}
     assert "likes drama" in u1.describe()
     # Parquet round trip
@@ -67,8 +68,9 @@ def test_ml1m_traits_agree_with_agent4rec_levels(shared_datasets):
         t: np.mean([getattr(ours[u], t) == theirs[u][f"a4r_{t}"] for u in users])
         for t in ("activity", "diversity", "conformity")
     }
-    # activity is computed from the same rating counts: near-identical levels expected
-    assert agree["activity"] > 0.9, agree
+    # activity and diversity come from the same interactions: near-identical levels expected;
+    # conformity from the 25 real ratings per user we have (Agent4Rec had all of them)
+    assert agree["activity"] > 0.9 and agree["diversity"] > 0.9 and agree["conformity"] > 0.7, agree
     # the taste text is the dataset's own
     assert all(ours[u].taste for u in users[:50])
     print("agreement with Agent4Rec levels:", agree)
