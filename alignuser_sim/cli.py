@@ -119,11 +119,10 @@ def data_info(scenario_file: Path = typer.Argument(..., help="Scenario YAML")) -
     out.print(_table(f"dataset {ds.name}", ds.summary()))
 
 
-def build_rollouts_for(scenario: Scenario, out_dir: Path | None = None) -> tuple[Path, dict[str, int]]:
+def build_rollouts_for(scenario: Scenario, ds, out_dir: Path | None = None) -> tuple[Path, dict[str, int]]:
     from .data.rollouts import build_rollouts, summarize, write_rollouts
     from .population import select_population
 
-    ds = _load(scenario)
     users = select_population(ds.interactions, scenario.population, scenario.population_seed)
     with err.status(f"replaying {len(users):,} users' histories page by page"):
         rollouts = build_rollouts(ds, users, scenario.pages, scenario.seed)
@@ -134,13 +133,12 @@ def build_rollouts_for(scenario: Scenario, out_dir: Path | None = None) -> tuple
     return path, summarize(rollouts).as_dict()
 
 
-def build_personas_for(scenario: Scenario, out_dir: Path | None = None) -> tuple[Path, list]:
+def build_personas_for(scenario: Scenario, ds, out_dir: Path | None = None) -> tuple[Path, list]:
     import pyarrow.parquet as pq
 
     from .personas import build_personas, personas_table
     from .population import select_population
 
-    ds = _load(scenario)
     users = select_population(ds.interactions, scenario.population, scenario.population_seed)
     personas = build_personas(ds, users)
     folder = out_dir or scenario.run_dir()
@@ -157,7 +155,7 @@ def data_rollouts(
 ) -> None:
     """Replay the population's histories page by page (human demonstrations) and write them as Parquet."""
     scenario = load_scenario(scenario_file)
-    path, summary = build_rollouts_for(scenario, out_dir)
+    path, summary = build_rollouts_for(scenario, _load(scenario), out_dir)
     out.print(_table(f"rollouts of {scenario.name}", summary))
     out.print(f"written: {path}")
 
@@ -170,7 +168,7 @@ def data_personas(
 ) -> None:
     """Derive the population's personas (traits, demographics, taste) and write them as Parquet."""
     scenario = load_scenario(scenario_file)
-    path, personas = build_personas_for(scenario, out_dir)
+    path, personas = build_personas_for(scenario, _load(scenario), out_dir)
     _print_personas(personas, show)
     out.print(f"{len(personas):,} personas written: {path}")
 
@@ -203,10 +201,10 @@ def quickstart(
             ml100k.fetch()
     ds = _load(scenario)
     out.print(_table(f"dataset {ds.name}", ds.summary()))
-    path, summary = build_rollouts_for(scenario)
-    out.print(_table(f"human rollouts ({scenario.pages.items_per_page} items/page, "
-                     f"1:{scenario.pages.distractor_ratio})", summary))
-    ppath, personas = build_personas_for(scenario)
+    path, summary = build_rollouts_for(scenario, ds)
+    title = f"human rollouts ({scenario.pages.items_per_page} items/page, 1:{scenario.pages.distractor_ratio})"
+    out.print(_table(title, summary))
+    ppath, personas = build_personas_for(scenario, ds)
     _print_personas(personas, 3)
     out.print(f"written: {path}, {ppath}")
 

@@ -32,9 +32,9 @@ DIVERSITY_WORDS = {
     3: "watches widely across genres",
 }
 CONFORMITY_WORDS = {
-    1: "rates close to the crowd's average",
-    2: "sometimes departs from the crowd's average",
-    3: "rates very differently from the crowd",
+    1: "rate close to the crowd's average",
+    2: "sometimes depart from the crowd's average",
+    3: "rate very differently from the crowd",
 }
 
 

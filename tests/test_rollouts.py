@@ -63,8 +63,11 @@ def check_invariants(ds: Dataset, rollouts: pa.Table, k: int, p: int) -> None:
                 assert sorted(positives) == sorted(i for i, _, _ in nxt)
                 got = {i: r for i, w, r in zip(items, watched, ratings, strict=True) if w}
                 assert got == {i: r for i, r, _ in nxt}
-                if consumed:
-                    assert history[uid][consumed - 1][2] <= row["ts"]
+                before = history[uid][consumed - 1][2] if consumed else None
+                if before is not None and row["ts"] is not None:
+                    assert before <= row["ts"]
+                if before is None and consumed:  # past an undated item, every later item is undated
+                    assert row["ts"] is None
             assert all(r is None for r, w in zip(ratings, watched, strict=True) if not w)
             consumed += len(positives)
         assert consumed == len(rated[uid]) or not history
@@ -135,3 +138,14 @@ def test_ml1m_sessions_follow_the_split(shared_datasets):
         splits = [x["split"] for x in rows if x["user_id"] == uid]
         assert splits == sorted(splits, key=["train", "valid", "test"].index)
         assert {x["session"] for x in rows if x["user_id"] == uid} == {0, 1, 2}
+
+
+def test_steam_undated_reviews_come_last_and_keep_invariants(shared_datasets):
+    ds = load_dataset(scenario_from_dict({"dataset": {"name": "steam"}}).dataset)
+    users = select_population(ds.interactions, PopulationConfig(size=40, sampling="most_active"), seed=0)
+    r = build_rollouts(ds, users, PagesConfig(items_per_page=4, distractor_ratio=1, session_gap_hours=720), seed=0)
+    check_invariants(ds, r, k=4, p=2)
+    for uid in users:
+        ts = [x["ts"] for x in r.to_pylist() if x["user_id"] == uid]
+        dated = [t for t in ts if t is not None]
+        assert ts[: len(dated)] == dated == sorted(dated)  # dated pages first, in time order

@@ -68,7 +68,7 @@ def _session_ids(ts: np.ndarray | None, split: list[str | None] | None, gap_s: f
     """Session number of each (chronologically sorted) interaction."""
     n = len(ts) if ts is not None else len(split or [])
     if ts is not None:
-        gaps = np.diff(ts) > gap_s
+        gaps = np.diff(ts) > gap_s  # NaN (undated) never opens a session
         return np.concatenate([[0], np.cumsum(gaps)]).astype(np.int32)
     if split is not None and any(s is not None for s in split):
         changes = [0] + [int(split[i] != split[i - 1]) for i in range(1, n)]
@@ -93,7 +93,8 @@ def build_rollouts(ds: Dataset, users: list[str], pages: PagesConfig, seed: int)
         pc.index_in(inter["split"], value_set=pa.array(list(SPLIT_ORDER))), len(SPLIT_ORDER)
     )
     inter = inter.append_column("split_rank", split_rank)
-    # chronological: by time where known, else by the dataset's split, then by source order
+    # chronological: by time where known, else by the dataset's split, then by source order; rows without
+    # a time (Steam's undated reviews, from the crawl's own year) sort after the dated ones
     keys = [("user_id", "ascending")]
     keys += [("ts", "ascending")] if has_ts else [("split_rank", "ascending")]
     keys += [("seq", "ascending")]
@@ -174,7 +175,7 @@ def build_rollouts(ds: Dataset, users: list[str], pages: PagesConfig, seed: int)
             out["page"].append(page_in_session)
             out["step"].append(step)
             out["history_len"].append(a)
-            out["ts"].append(int(u_ts[a]) if u_ts is not None else None)
+            out["ts"].append(int(u_ts[a]) if u_ts is not None and not np.isnan(u_ts[a]) else None)
             out["split"].append(u_split[a])
             out["action"].append("exit" if last_of_session else "next_page")
 
