@@ -367,3 +367,16 @@ def test_every_shipped_scenario_builds_its_recommender():
     for file in files:
         scenario = load_scenario(file)
         assert make_recommender(scenario.recommender, scenario.seed).name == scenario.recommender.algorithm
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_feedback_batch_equals_one_by_one(fitted, name):
+    one, batch = fresh(fitted, name), fresh(fitted, name)
+    users = ["u00", "u30", "cold"]
+    first = one.pages(users, 3)
+    assert batch.pages(users, 3) == first
+    fb = [(u, {first[u][0]: 4.0}, first[u]) for u in users]
+    for user, watched, shown in fb:
+        one.feedback(user, watched, shown)
+    assert batch.feedback_batch(fb) == 3
+    assert one.pages(users, 3) == batch.pages(users, 3)

@@ -331,6 +331,21 @@ class Recommender(ABC):
             with blas_threads(self.params.get("threads", 1)):
                 self._on_history_change([user_id])
 
+    def feedback_batch(self, batch: Iterable[tuple[str, dict[str, float | None], list[str]]]) -> int:
+        """`feedback` for many users at once: one refresh of derived state (MF fold-in) for all of them."""
+        self._check_fitted()
+        changed: list[str] = []
+        n = 0
+        for user_id, watched, shown in batch:
+            n += 1
+            if self._add_history(user_id, watched):
+                changed.append(user_id)
+            self._remember_seen(user_id, (self.item_index[i] for i in shown if i in self.item_index))
+        if changed:
+            with blas_threads(self.params.get("threads", 1)):
+                self._on_history_change(list(dict.fromkeys(changed)))
+        return n
+
     def _on_history_change(self, user_ids: list[str]) -> None:
         """Hook: a model with per-user derived state (MF's fold-in) refreshes it here."""
         return

@@ -1,0 +1,50 @@
+"""PersonaShard: one Ray actor hosting MANY persona agents (a shard), not one process per agent.
+
+An async actor: its agents' LLM calls run concurrently on its event loop, bounded by the LLM client's
+semaphore. The actor is restartable (`max_restarts`); after a restart its constructor runs again with the
+same arguments and the coordinator calls `restore` with the agents' logged events before sending pages.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+from alignuser_sim.config import LLMConfig
+from alignuser_sim.events import Event
+from alignuser_sim.llm import LLMClient
+from alignuser_sim.personas import Persona
+from alignuser_sim.simulation import Catalogue, PageRequest, ShardCore
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)
+class PersonaShard:
+    def __init__(
+        self,
+        shard_id: int,
+        personas: list[Persona],
+        items: Any,
+        llm_config: LLMConfig,
+        endpoints: list[str],
+        run_id: str,
+        seed: int,
+        cache_path: str | None,
+        run_dir: str | None,
+    ):
+        llm = LLMClient.from_config(llm_config, endpoints=endpoints, cache_path=cache_path, run_dir=run_dir,
+                                    rng_seed=seed + shard_id)
+        self.core = ShardCore(shard_id, personas, Catalogue(items), llm, run_id, seed=seed)
+
+    def ping(self) -> int:
+        return os.getpid()
+
+    async def decide(self, requests: list[PageRequest]) -> list[Event]:
+        return await self.core.decide(requests)
+
+    def restore(self, events: list[Event]) -> int:
+        return self.core.restore(events)
+
+    def llm_snapshot(self) -> dict[str, Any]:
+        return self.core.llm_snapshot()

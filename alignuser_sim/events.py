@@ -1,0 +1,222 @@
+"""Events (one row per agent-page decision) and the macro statistics aggregated from them as a run goes.
+
+The event key is `(run_id, agent_id, session, page)`. Writing is idempotent on that key: the log keeps the
+set of keys it holds and drops a second copy, so a shard restarted mid-page, or a resumed driver that
+replays a page, never duplicates an event (and never counts it twice in the statistics).
+
+Events are appended as numbered Parquet part files (`events/part-000001.parquet`, each written to a
+temporary name and renamed, so a crash leaves whole parts only); `finalize()` merges them into
+`events.parquet` sorted by key. A resumed run re-reads the parts to learn what is already done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+EVENTS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("agent_id", pa.string(), nullable=False),
+        pa.field("session", pa.int32(), nullable=False),
+        pa.field("page", pa.int32(), nullable=False),
+        pa.field("items", pa.list_(pa.string()), nullable=False),
+        pa.field("watched", pa.list_(pa.bool_()), nullable=False),
+        pa.field("ratings", pa.list_(pa.int8()), nullable=False),
+        pa.field("feelings", pa.list_(pa.string()), nullable=False),
+        pa.field("thought", pa.string()),
+        pa.field("action", pa.string(), nullable=False),
+        pa.field("failure", pa.string()),
+        pa.field("invalid_ids", pa.int32(), nullable=False),
+        pa.field("prompt_tokens", pa.int32(), nullable=False),
+        pa.field("completion_tokens", pa.int32(), nullable=False),
+        pa.field("latency_s", pa.float32(), nullable=False),
+        pa.field("from_cache", pa.bool_(), nullable=False),
+        pa.field("shard", pa.int32(), nullable=False),
+        pa.field("wall_time", pa.float64(), nullable=False),
+    ]
+)
+KEY = ("run_id", "agent_id", "session", "page")
+
+
+@dataclass
+class Event:
+    run_id: str
+    agent_id: str
+    session: int
+    page: int
+    items: list[str]
+    watched: list[bool]
+    ratings: list[int | None]
+    feelings: list[str]
+    thought: str | None
+    action: str
+    failure: str | None
+    invalid_ids: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    from_cache: bool
+    shard: int
+    wall_time: float
+
+    @property
+    def key(self) -> tuple[str, str, int, int]:
+        return (self.run_id, self.agent_id, self.session, self.page)
+
+
+def events_table(events: list[Event]) -> pa.Table:
+    columns = {name: [getattr(e, name) for e in events] for name in EVENTS.names}
+    return pa.table(columns, schema=EVENTS)
+
+
+def events_from_table(table: pa.Table) -> list[Event]:
+    return [Event(**row) for row in table.to_pylist()]
+
+
+# --- macro statistics ----------------------------------------------------------------------------------
+
+
+@dataclass
+class MacroStats:
+    """Distributions aggregated event by event; `merge` combines the stats of several processes."""
+
+    decisions: int = 0
+    failures: Counter = field(default_factory=Counter)
+    invalid_ids: int = 0
+    ratings: Counter = field(default_factory=Counter)  # rating -> count
+    watches_per_page: Counter = field(default_factory=Counter)  # watches on a page -> pages
+    exit_page: Counter = field(default_factory=Counter)  # page of the exit (or the cap) -> sessions
+    pages_per_session: Counter = field(default_factory=Counter)
+    sessions_done: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    from_cache: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+    def add(self, event: Event, session_over: bool) -> None:
+        self.decisions += 1
+        self.prompt_tokens += event.prompt_tokens
+        self.completion_tokens += event.completion_tokens
+        self.from_cache += int(event.from_cache)
+        self.invalid_ids += event.invalid_ids
+        if not event.from_cache:
+            self.latencies.append(event.latency_s)
+        if event.failure:
+            self.failures[event.failure] += 1
+        else:
+            self.watches_per_page[sum(event.watched)] += 1
+            for watched, rating in zip(event.watched, event.ratings, strict=True):
+                if watched and rating is not None:
+                    self.ratings[int(rating)] += 1
+        if session_over:
+            self.sessions_done += 1
+            self.exit_page[event.page] += 1
+            self.pages_per_session[event.page + 1] += 1
+
+    def merge(self, other: MacroStats) -> None:
+        for name in ("decisions", "invalid_ids", "sessions_done", "prompt_tokens", "completion_tokens", "from_cache"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in ("failures", "ratings", "watches_per_page", "exit_page", "pages_per_session"):
+            getattr(self, name).update(getattr(other, name))
+        self.latencies.extend(other.latencies)
+
+    def summary(self) -> dict[str, Any]:
+        lat = np.array(self.latencies) if self.latencies else np.zeros(1)
+        watched = sum(k * v for k, v in self.watches_per_page.items())
+        judged = sum(self.watches_per_page.values())
+        rated = sum(self.ratings.values())
+        return {
+            "decisions": self.decisions,
+            "sessions_done": self.sessions_done,
+            "failures": sum(self.failures.values()),
+            "failures_by_kind": dict(self.failures),
+            "invalid_ids": self.invalid_ids,
+            "watches_per_page_mean": round(watched / judged, 4) if judged else None,
+            "rating_mean": round(sum(k * v for k, v in self.ratings.items()) / rated, 4) if rated else None,
+            "pages_per_session_mean": (
+                round(sum(k * v for k, v in self.pages_per_session.items()) / self.sessions_done, 4)
+                if self.sessions_done else None
+            ),
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "from_cache": self.from_cache,
+            "latency_p50_s": round(float(np.percentile(lat, 50)), 4),
+            "latency_p95_s": round(float(np.percentile(lat, 95)), 4),
+            "latency_p99_s": round(float(np.percentile(lat, 99)), 4),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        hist = {
+            name: {str(k): v for k, v in sorted(getattr(self, name).items())}
+            for name in ("ratings", "watches_per_page", "exit_page", "pages_per_session")
+        }
+        return {"summary": self.summary(), "histograms": hist}
+
+
+# --- the event log ---------------------------------------------------------------------------------------
+
+
+class EventLog:
+    """Append-only, idempotent event storage of one run (see the module docstring)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.parts_dir = self.run_dir / "events"
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        self.keys: set[tuple[str, str, int, int]] = set()
+        self.duplicates = 0
+        existing = sorted(self.parts_dir.glob("part-*.parquet"))
+        self._next_part = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=0)
+
+    def load_existing(self) -> list[Event]:
+        """Events already on disk (resume); their keys count as written."""
+        events = []
+        for part in sorted(self.parts_dir.glob("part-*.parquet")):
+            for event in events_from_table(pq.read_table(part, schema=EVENTS)):
+                if event.key not in self.keys:
+                    self.keys.add(event.key)
+                    events.append(event)
+        return events
+
+    def append(self, events: list[Event]) -> list[Event]:
+        """Write the events whose key is new; returns them (the ones to count in the statistics)."""
+        fresh = []
+        for event in events:
+            if event.key in self.keys:
+                self.duplicates += 1
+                continue
+            self.keys.add(event.key)
+            fresh.append(event)
+        if fresh:
+            path = self.parts_dir / f"part-{self._next_part:06d}.parquet"
+            self._next_part += 1
+            tmp = path.with_suffix(".tmp")
+            pq.write_table(events_table(fresh), tmp)
+            os.replace(tmp, path)
+        return fresh
+
+    def finalize(self) -> Path:
+        """Merge the parts into `events.parquet`, one row per key, sorted by key."""
+        parts = sorted(self.parts_dir.glob("part-*.parquet"))
+        table = pa.concat_tables([pq.read_table(p, schema=EVENTS) for p in parts]) if parts else EVENTS.empty_table()
+        table = table.sort_by([(k, "ascending") for k in KEY])
+        path = self.run_dir / "events.parquet"
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+        return path
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = Path(f"{path}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,163 @@
+"""The page loop without Ray: agents, shards, driver, events and statistics, with a scripted fake LLM."""
+
+import asyncio
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from alignuser_sim.agent import PageDecision, PersonaAgent, check_decision, page_schema
+from alignuser_sim.config import scenario_from_dict
+from alignuser_sim.events import EVENTS, EventLog, MacroStats
+from alignuser_sim.personas import Persona
+from alignuser_sim.runs import plan_run, run_local
+from alignuser_sim.simulation import Catalogue, ItemView
+from alignuser_sim.testing.fake_llm import ScriptedLLM
+from alignuser_sim.testing.fake_users import fake_user_responder
+
+PAGE = [ItemView("1", "Toy Story", ("Animation",)), ItemView("2", "Heat", ("Action",)),
+        ItemView("3", "Fargo", ("Crime",))]
+
+
+def persona(uid="u1") -> Persona:
+    return Persona(uid, activity=2, diversity=1, conformity=3, n_interactions=30, n_genres_80=2,
+                   rating_deviation=1.2, demographics={"gender": "F"}, taste="Loves animation.")
+
+
+def test_page_schema_pins_ids_and_count():
+    schema = page_schema(["1", "2", "3"])
+    assert schema["$defs"]["ItemDecision"]["properties"]["item_id"]["enum"] == ["1", "2", "3"]
+    assert schema["properties"]["items"]["minItems"] == schema["properties"]["items"]["maxItems"] == 3
+    assert page_schema(["9"])["$defs"]["ItemDecision"]["properties"]["item_id"]["enum"] == ["9"]  # a copy
+
+
+def test_ids_not_on_the_page_are_rejected_and_counted():
+    reply = PageDecision.model_validate({"thought": "t", "action": "exit", "items": [
+        {"item_id": "1", "watch": True, "rating": 5, "feeling": "yes"},
+        {"item_id": "99", "watch": True, "rating": 4, "feeling": "invented"},
+        {"item_id": "1", "watch": False, "rating": None, "feeling": "again"},
+        {"item_id": "3", "watch": False, "rating": None, "feeling": "no"}]})
+    d = check_decision(reply, PAGE)
+    assert d.ratings == {"1": 5} and d.invalid_ids == 2 and set(d.feelings) == {"1", "3"}
+
+
+def test_prompt_is_static_first_and_holds_persona_history_page():
+    agent = PersonaAgent(persona())
+    agent.history.append(("Alien", 4))
+    system, user = agent.messages(0, PAGE)
+    assert "Loves animation." in system["content"] and "Page" not in system["content"]
+    assert user["content"].index("Alien (you rated 4)") < user["content"].index("Page 1.")
+    assert "- id 2: Heat (Action)" in user["content"]
+
+
+def test_one_call_per_page_and_failures_are_counted():
+    llm = ScriptedLLM(script=['{"not": "a decision"}'])
+    agent = PersonaAgent(persona())
+    d = asyncio.run(agent.decide(llm, 0, 0, PAGE))
+    assert d.failure == "schema" and d.action == "exit" and d.ratings == {}
+    assert len(llm.requests) == 2  # the call and its one validation retry
+    llm = ScriptedLLM(fake_user_responder)
+    d = asyncio.run(agent.decide(llm, 0, 1, PAGE))
+    assert d.failure is None and len(llm.requests) == 1
+    assert set(d.feelings) == {"1", "2", "3"}
+
+
+@pytest.fixture
+def scenario(tmp_path):
+    return scenario_from_dict({
+        "seed": 3, "dataset": {"name": "ml-100k"}, "population": {"size": 30},
+        "recommender": {"algorithm": "itemknn"}, "pages": {"count": 4, "items_per_page": 4},
+        "output_dir": str(tmp_path),
+    })
+
+
+def test_full_run_in_process(scenario, tmp_path):
+    plan = plan_run(scenario, tmp_path / "run", n_shards=3)
+    llm = ScriptedLLM(fake_user_responder)
+    summary = asyncio.run(run_local(plan, llm))
+    events = pq.read_table(tmp_path / "run" / "events.parquet")
+    assert events.schema.equals(EVENTS)
+    rows = events.to_pylist()
+    keys = [(r["run_id"], r["agent_id"], r["session"], r["page"]) for r in rows]
+    assert len(keys) == len(set(keys)) == summary["decisions"] == len(llm.requests)
+    by_agent = {}
+    for r in rows:
+        by_agent.setdefault(r["agent_id"], []).append(r)
+    assert len(by_agent) == 30 and summary["agents_done"] == 30
+    for pages in by_agent.values():
+        pages.sort(key=lambda r: r["page"])
+        assert [r["page"] for r in pages] == list(range(len(pages)))  # no gap
+        assert len(pages) <= 4  # the page cap
+        assert all(r["action"] == "next_page" for r in pages[:-1])  # only the last page may exit
+        served = [i for r in pages for i in r["items"]]
+        assert len(served) == len(set(served))  # the recommender never serves an item twice
+    stats = json.loads((tmp_path / "run" / "stats.json").read_text())
+    hist = stats["histograms"]
+    assert sum(hist["pages_per_session"].values()) == 30
+    watched = sum(sum(r["watched"]) for r in rows)
+    assert sum(int(k) * v for k, v in hist["watches_per_page"].items()) == watched
+    assert sum(hist["ratings"].values()) == watched
+    assert (tmp_path / "run" / "scenario.yaml").exists()
+
+
+def test_resume_completes_with_no_event_lost_or_duplicated(scenario, tmp_path):
+    whole = plan_run(scenario, tmp_path / "whole", n_shards=2)
+    full = asyncio.run(run_local(whole, ScriptedLLM(fake_user_responder)))
+    # an interrupted run: keep only the first part files, as a killed driver would leave them
+    part = plan_run(scenario, tmp_path / "part", n_shards=2)
+    part.run_id = whole.run_id  # same keys as the uninterrupted run, so the events compare one to one
+    asyncio.run(run_local(part, ScriptedLLM(fake_user_responder)))
+    parts = sorted((tmp_path / "part" / "events").glob("part-*.parquet"))
+    for extra in parts[3:]:
+        extra.unlink()
+    (tmp_path / "part" / "events.parquet").unlink()
+    kept = sum(pq.read_table(p).num_rows for p in parts[:3])
+    assert 0 < kept < full["decisions"]
+    from alignuser_sim.runs import resume_plan
+
+    resumed_plan = resume_plan(tmp_path / "part")
+    resumed_plan.run_id = whole.run_id
+    llm = ScriptedLLM(fake_user_responder)
+    resumed = asyncio.run(run_local(resumed_plan, llm))
+    assert len(llm.requests) == full["decisions"] - kept  # only the missing pages were decided
+    a = pq.read_table(tmp_path / "whole" / "events.parquet").drop(["wall_time", "latency_s", "shard"])
+    b = pq.read_table(tmp_path / "part" / "events.parquet").drop(["wall_time", "latency_s", "shard"])
+    assert a.equals(b)
+    for key in ("decisions", "watches_per_page_mean", "rating_mean", "pages_per_session_mean", "sessions_done"):
+        assert resumed[key] == full[key], key
+
+
+def test_event_log_is_idempotent_on_the_key(tmp_path):
+    from alignuser_sim.events import Event
+
+    def ev(page):
+        return Event("r", "a", 0, page, ["1"], [True], [4], ["ok"], "t", "next_page", None, 0, 1, 1, 0.1,
+                     False, 0, 0.0)
+
+    log = EventLog(tmp_path)
+    assert len(log.append([ev(0), ev(1)])) == 2
+    assert log.append([ev(1), ev(2)]) == [ev(2)] and log.duplicates == 1
+    again = EventLog(tmp_path)
+    assert len(again.load_existing()) == 3 and again.append([ev(0)]) == []
+    assert pq.read_table(again.finalize()).num_rows == 3
+
+
+def test_macro_stats_by_hand():
+    from alignuser_sim.events import Event
+
+    s = MacroStats()
+    s.add(Event("r", "a", 0, 0, ["1", "2"], [True, True], [5, 3], ["", ""], None, "next_page", None, 0, 10, 5,
+                0.2, False, 0, 0.0), session_over=False)
+    s.add(Event("r", "a", 0, 1, ["3", "4"], [False, True], [None, 4], ["", ""], None, "exit", None, 1, 10, 5,
+                0.4, False, 0, 0.0), session_over=True)
+    out = s.summary()
+    assert out["rating_mean"] == 4.0 and out["watches_per_page_mean"] == 1.5
+    assert out["pages_per_session_mean"] == 2 and dict(s.exit_page) == {1: 1} and out["invalid_ids"] == 1
+
+
+def test_catalogue_shows_titles_and_genres():
+    import pyarrow as pa
+
+    items = pa.table({"item_id": ["a"], "title": ["A film"], "genres": [["Drama"]], "description": ["Sad."]})
+    (view,) = Catalogue(items).page(["a"])
+    assert view.line() == "- id a: A film (Drama). Sad."
