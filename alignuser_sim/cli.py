@@ -31,6 +31,17 @@ app = typer.Typer(
 data_app = typer.Typer(help="Datasets, human rollouts and personas.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
+
+def _register_subapps() -> None:
+    from .llm.cli import app as llm_app
+    from .recommenders.cli import app as recommenders_app
+
+    app.add_typer(recommenders_app, name="recommenders", help="Recommenders: offline Recall@K / NDCG@K.")
+    app.add_typer(llm_app, name="llm", help="The vLLM server and the embedded model.")
+
+
+_register_subapps()
+
 out = Console()
 err = Console(stderr=True)
 
@@ -207,6 +218,34 @@ def quickstart(
     ppath, personas = build_personas_for(scenario, ds)
     _print_personas(personas, 3)
     out.print(f"written: {path}, {ppath}")
+
+
+@app.command()
+def run(
+    scenario_file: Path | None = typer.Argument(None, help="Scenario YAML (omit with --resume)"),
+    out_dir: Path | None = typer.Option(None, "--out", help="Run folder (default: OUTPUT_DIR/NAME/RUN_ID)"),
+    resume: Path | None = typer.Option(None, "--resume", help="Complete an interrupted run from its folder"),
+    address: str | None = typer.Option(
+        None, "--address", envvar="RAY_ADDRESS", help="Join this Ray cluster ('auto' for the local one's head)"
+    ),
+    num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray cluster started when no --address"),
+) -> None:
+    """Simulate the scenario's population against its recommender on Ray; writes a run folder."""
+    if (scenario_file is None) == (resume is None):
+        raise UserError("run: give a scenario file or --resume RUN_DIR (one of the two)")
+    scenario = load_scenario(scenario_file) if scenario_file is not None else None
+    from actors.launch import run_on_ray  # Ray lives in actors/, never in the library
+
+    try:
+        plan, summary = run_on_ray(scenario, out=out_dir, resume=resume, address=address, num_cpus=num_cpus,
+                                   console=err)
+    except KeyboardInterrupt:
+        where = resume or out_dir or "the run folder printed above"
+        print(f"interrupted: finish it with `alignuser-sim run --resume {where}`", file=sys.stderr)
+        raise typer.Exit(130) from None
+    shown = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+    out.print(_table(f"run {plan.run_id}", shown))
+    out.print(f"run folder: {plan.run_dir}")
 
 
 def main() -> None:

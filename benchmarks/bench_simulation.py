@@ -118,7 +118,7 @@ def main() -> None:
                 _, fill = run_on_ray(sc, out=work / f"fill-{n}", cache_path=cache)
                 t0 = time.perf_counter()
                 plan, summary = run_on_ray(sc, out=work / f"measured-{n}", cache_path=cache,
-                                           on_start=lambda p, c: rss.__setitem__("coordinator", c))
+                                           on_start=lambda p, c, rss=rss: rss.__setitem__("coordinator", c))
                 wall = time.perf_counter() - t0
                 rss["shards"] = shard_rss(rss["coordinator"])
                 assert summary["from_cache"] == summary["decisions"], "not every decision came from the cache"
