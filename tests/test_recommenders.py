@@ -380,3 +380,13 @@ def test_feedback_batch_equals_one_by_one(fitted, name):
         one.feedback(user, watched, shown)
     assert batch.feedback_batch(fb) == 3
     assert one.pages(users, 3) == batch.pages(users, 3)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_popularity_walk_equals_the_full_score_matrix(fitted, name):
+    rec = fresh(fitted, name)
+    users = ["u00", "u30", "cold", "colder"]
+    rec.feedback("u00", {"a01": 5.0}, ["a01", "a02"])
+    walked = rec.rank(users, 5)
+    full = rec._rank_scored(users, 5, {})
+    assert [list(w) for w in walked] == [list(f) for f in full]

@@ -279,7 +279,30 @@ class Recommender(ABC):
                 out.extend(self._rank_chunk(user_ids[start : start + batch], k, exclude))
         return out
 
+    def _uses_popularity(self, user_ids: list[str]) -> list[bool]:
+        """Which users are ranked by plain popularity (cold users, in every model but Random)."""
+        return [len(self.history(u)) == 0 for u in user_ids]
+
     def _rank_chunk(self, chunk: list[str], k: int, exclude: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Users ranked by popularity walk one shared order (O(k + seen) each, no score matrix); the others
+        get a score matrix. Both give the same items as masking a full matrix would."""
+        shared = self._uses_popularity(chunk)
+        out: list[np.ndarray | None] = [None] * len(chunk)
+        if any(shared):
+            order = np.argsort(-self.pop_scores(), kind="stable")
+            for r, uid in enumerate(chunk):
+                if shared[r]:
+                    hidden = set(self.seen(uid).tolist())
+                    if uid in exclude:
+                        hidden.update(exclude[uid].tolist())
+                    out[r] = _first_unhidden(order, hidden, k)
+        rest = [r for r, s in enumerate(shared) if not s]
+        if rest:
+            for r, row in zip(rest, self._rank_scored([chunk[r] for r in rest], k, exclude), strict=True):
+                out[r] = row
+        return out  # type: ignore[return-value]
+
+    def _rank_scored(self, chunk: list[str], k: int, exclude: dict[str, np.ndarray]) -> list[np.ndarray]:
         scores = np.array(self._scores(chunk), dtype=np.float64, copy=True)
         rows, cols = [], []
         for r, uid in enumerate(chunk):
@@ -380,6 +403,16 @@ class Recommender(ABC):
             self._remember_seen(uid, (self.item_index[i] for i in user["seen"] if i in self.item_index))
         with blas_threads(self.params.get("threads", 1)):
             self._on_history_change([u for u in state["users"] if u in self._watched])
+
+
+def _first_unhidden(order: np.ndarray, hidden: set[int], k: int) -> np.ndarray:
+    picked: list[int] = []
+    for code in order:
+        if int(code) not in hidden:
+            picked.append(int(code))
+            if len(picked) == k:
+                break
+    return np.asarray(picked, dtype=order.dtype)
 
 
 def _top_k(scores: np.ndarray, k: int) -> list[np.ndarray]:

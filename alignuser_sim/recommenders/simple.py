@@ -31,6 +31,9 @@ class RandomRecommender(Recommender):
             scores[r] = user_rng(self.seed, uid, step).random(self.n_items)
         return scores
 
+    def _uses_popularity(self, user_ids: list[str]) -> list[bool]:
+        return [False] * len(user_ids)  # cold users too get a random order
+
 
 class PopRecommender(Recommender):
     """The most popular unseen items: popularity = number of distinct users who consumed the item.
@@ -52,3 +55,6 @@ class PopRecommender(Recommender):
 
     def _scores(self, user_ids: list[str]) -> np.ndarray:
         return np.broadcast_to(self.pop_scores(), (len(user_ids), self.n_items))
+
+    def _uses_popularity(self, user_ids: list[str]) -> list[bool]:
+        return [True] * len(user_ids)
