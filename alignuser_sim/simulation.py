@@ -9,7 +9,9 @@ Three roles, each a plain object here and a thin actor in `actors/`:
   the page cap, writes events (idempotent on their key), feeds back to the recommender and aggregates
   macro statistics as it goes.
 
-Each shard has its own loop in the driver (no global barrier): a slow shard does not hold the others.
+Each shard's agents are split into a few groups, each with its own loop in the driver (no global barrier):
+a group waits for its slowest decision before its next page, so several groups per shard keep the LLM
+server busy through those tails, while each group still gets its pages in one batched recommender call.
 A page served to an agent is remembered until its decision is logged, so a retried batch (a shard that
 died mid-page) is decided on the same page, and the recommender sees each page's feedback exactly once.
 """
@@ -177,6 +179,7 @@ class Driver:
     progress: dict[str, AgentProgress] = field(default_factory=dict)
     on_events: Callable[[list[Event]], None] | None = None
     max_batch: int = 4096
+    groups_per_shard: int = 8
 
     def __post_init__(self) -> None:
         for ids in self.shards.values():
@@ -208,10 +211,14 @@ class Driver:
         return sum(p.done for p in self.progress.values())
 
     async def run(self) -> MacroStats:
-        await asyncio.gather(*(self._run_shard(i, ids) for i, ids in self.shards.items()))
+        loops = []
+        for shard, ids in self.shards.items():
+            n = max(1, min(self.groups_per_shard, len(ids)))
+            loops += [self._run_group(shard, ids[g::n]) for g in range(n)]
+        await asyncio.gather(*loops)
         return self.stats
 
-    async def _run_shard(self, shard: int, agent_ids: list[str]) -> None:
+    async def _run_group(self, shard: int, agent_ids: list[str]) -> None:
         while True:
             active = [a for a in agent_ids if not self.progress[a].done][: self.max_batch]
             if not active:

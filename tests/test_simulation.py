@@ -161,3 +161,28 @@ def test_catalogue_shows_titles_and_genres():
     items = pa.table({"item_id": ["a"], "title": ["A film"], "genres": [["Drama"]], "description": ["Sad."]})
     (view,) = Catalogue(items).page(["a"])
     assert view.line() == "- id a: A film (Drama). Sad."
+
+
+def test_llm_server_down_for_a_while_the_run_backs_off_and_continues(scenario, tmp_path):
+    import json as _json
+    import time as _time
+
+    from alignuser_sim.llm import LLMClient
+    from alignuser_sim.testing.fake_users import fake_decision
+    from alignuser_sim.testing.http_server import Reply, ScriptedServer, status
+
+    back_at = _time.monotonic() + 1.5  # down for 1.5 s from the start
+
+    def respond(body, n):
+        if _time.monotonic() < back_at:
+            return status(503, "server is restarting")
+        schema = body["response_format"]["json_schema"]["schema"]
+        return Reply(_json.dumps(fake_decision(body["messages"], schema)))
+
+    with ScriptedServer(respond) as server:
+        llm = LLMClient([server.base_url], cache="off", max_retries=10, backoff_base_s=0.1, backoff_max_s=0.5,
+                        rng_seed=0)
+        summary = asyncio.run(run_local(plan_run(scenario, tmp_path / "run", n_shards=2), llm))
+    snap = llm.snapshot()
+    assert sum(snap["retries"].values()) > 0 and summary["failures"] == 0
+    assert summary["agents_done"] == 30
