@@ -3,8 +3,10 @@
 The prompt is built static-first so vLLM's prefix cache serves the shared part (see `llm/prompts.py`):
 the system instructions (the same for every agent of a run), the persona (the same for every page of an
 agent), then the lessons retrieved from the persona's lesson memory and a short recent history, and last
-the page itself. The reply is constrained by a JSON schema whose item ids are an enum of the page's ids;
-a server that does not enforce schemas may still answer other ids: those are rejected and counted.
+the page itself. The reply is constrained by a JSON schema whose `items` object has exactly the page's ids as its keys,
+all required, no others: a schema-enforcing server (vLLM) answers each item exactly once. A server that
+does not enforce schemas may still answer other ids: those are rejected and counted (`invalid_ids`), and
+page items left unanswered count as not watched.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ SYSTEM_PROMPT = (
 
 class ItemDecision(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    item_id: str = Field(max_length=64)
     watch: bool
     rating: Literal[1, 2, 3, 4, 5] | None
     feeling: str = Field(max_length=FEELING_MAX)
@@ -47,25 +48,26 @@ class PageDecision(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     thought: str = Field(max_length=THOUGHT_MAX)
-    items: list[ItemDecision]
+    items: dict[str, ItemDecision]  # item id -> the decision about it
     action: Literal["next_page", "exit"]
 
 
 _BASE_SCHEMA = json_schema_for(PageDecision)
 
 
-def page_schema(item_ids: list[str]) -> dict[str, Any]:
-    """PageDecision's schema with the item ids as an enum and exactly one entry per item on the page.
+_ITEM_REF = {"$ref": "#/$defs/ItemDecision"}
 
-    Copies only the dicts on the path to what changes (a deep copy per page was a third of the cost of
-    a cached decision); the rest is shared with the base schema and must not be mutated.
+
+def page_schema(item_ids: list[str]) -> dict[str, Any]:
+    """PageDecision's schema with `items` holding exactly the page's ids as required keys.
+
+    Builds only the dicts that change (a deep copy per page was a third of the cost of a cached
+    decision); the rest is shared with the base schema and must not be mutated.
     """
     base = _BASE_SCHEMA
-    item = base["$defs"]["ItemDecision"]
-    item = {**item, "properties": {**item["properties"], "item_id": {"type": "string", "enum": list(item_ids)}}}
-    items = {**base["properties"]["items"], "minItems": len(item_ids), "maxItems": len(item_ids)}
-    return {**base, "$defs": {**base["$defs"], "ItemDecision": item},
-            "properties": {**base["properties"], "items": items}}
+    items = {"type": "object", "properties": {i: _ITEM_REF for i in item_ids}, "required": list(item_ids),
+             "additionalProperties": False}
+    return {**base, "properties": {**base["properties"], "items": items}}
 
 
 @dataclass(frozen=True)
@@ -118,18 +120,18 @@ class Decision:
 
 
 def check_decision(reply: PageDecision, page: list[ItemView]) -> Decision:
-    """Keep the answers about items on the page (first answer per item); count the others."""
+    """Keep the answers about items on the page; count the others."""
     on_page = {item.item_id for item in page}
     ratings: dict[str, int | None] = {}
     feelings: dict[str, str] = {}
     invalid = 0
-    for answer in reply.items:
-        if answer.item_id not in on_page or answer.item_id in feelings:
+    for item_id, answer in reply.items.items():
+        if item_id not in on_page:
             invalid += 1
             continue
-        feelings[answer.item_id] = answer.feeling
+        feelings[item_id] = answer.feeling
         if answer.watch:
-            ratings[answer.item_id] = answer.rating
+            ratings[item_id] = answer.rating
     return Decision(ratings=ratings, feelings=feelings, thought=reply.thought, action=reply.action,
                     invalid_ids=invalid)
 

@@ -24,20 +24,27 @@ def persona(uid="u1") -> Persona:
                    rating_deviation=1.2, demographics={"gender": "F"}, taste="Loves animation.")
 
 
-def test_page_schema_pins_ids_and_count():
+def test_page_schema_pins_each_id_exactly_once():
     schema = page_schema(["1", "2", "3"])
-    assert schema["$defs"]["ItemDecision"]["properties"]["item_id"]["enum"] == ["1", "2", "3"]
-    assert schema["properties"]["items"]["minItems"] == schema["properties"]["items"]["maxItems"] == 3
-    assert page_schema(["9"])["$defs"]["ItemDecision"]["properties"]["item_id"]["enum"] == ["9"]  # a copy
+    items = schema["properties"]["items"]
+    assert list(items["properties"]) == items["required"] == ["1", "2", "3"]
+    assert items["additionalProperties"] is False
+    assert list(page_schema(["9"])["properties"]["items"]["properties"]) == ["9"]  # the base is not mutated
+    assert "item_id" not in schema["$defs"]["ItemDecision"]["properties"]
+    # a reply in this shape validates with the model
+    reply = {"thought": "t", "action": "exit",
+             "items": {i: {"watch": False, "rating": None, "feeling": "no"} for i in ("1", "2", "3")}}
+    assert set(PageDecision.model_validate(reply).items) == {"1", "2", "3"}
 
 
 def test_ids_not_on_the_page_are_rejected_and_counted():
-    reply = PageDecision.model_validate({"thought": "t", "action": "exit", "items": [
-        {"item_id": "1", "watch": True, "rating": 5, "feeling": "yes"},
-        {"item_id": "99", "watch": True, "rating": 4, "feeling": "invented"},
-        {"item_id": "1", "watch": False, "rating": None, "feeling": "again"},
-        {"item_id": "3", "watch": False, "rating": None, "feeling": "no"}]})
+    reply = PageDecision.model_validate({"thought": "t", "action": "exit", "items": {
+        "1": {"watch": True, "rating": 5, "feeling": "yes"},
+        "99": {"watch": True, "rating": 4, "feeling": "invented"},
+        "98": {"watch": False, "rating": None, "feeling": "also invented"},
+        "3": {"watch": False, "rating": None, "feeling": "no"}}})
     d = check_decision(reply, PAGE)
+    # "2" got no answer: not watched
     assert d.ratings == {"1": 5} and d.invalid_ids == 2 and set(d.feelings) == {"1", "3"}
 
 

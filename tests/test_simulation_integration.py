@@ -37,7 +37,7 @@ def test_short_run_against_vllm(vllm_server, ray_local, tmp_path):
     ok = [r for r in rows if r["failure"] is None]
     assert len(ok) >= 0.8 * len(rows), [r["failure"] for r in rows]
     for r in ok:  # decisions of a real model, checked against the page
-        assert len(r["items"]) == 4 and r["invalid_ids"] == 0
+        assert len(r["items"]) == 4 and r["invalid_ids"] == 0  # the schema pins each page id once
         assert all((rating is None) or 1 <= rating <= 5 for rating in r["ratings"])
         assert r["prompt_tokens"] > 100 and r["completion_tokens"] > 10
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())

@@ -1,7 +1,7 @@
 """A deterministic stand-in for the LLM's page decisions, for simulation tests and cache benchmarks.
 
 `fake_decision(messages, schema)` answers a page the way a scripted user would: it reads the page's item
-ids from the schema's enum and decides from a hash of the persona and the item, so the same prompt always
+ids from the schema's `items` keys and decides from a hash of the persona and the item, so the same prompt always
 gets the same answer (like a completion cache hit) and different personas behave differently. Use it
 in-process (`ScriptedLLM(fake_user_responder)`) or behind a real socket (`fake_user_server()`), which is
 how Ray shards in tests reach it.
@@ -17,18 +17,18 @@ from .http_server import Reply, ScriptedServer
 
 
 def _ids(schema: dict[str, Any]) -> list[str]:
-    return list(schema["$defs"]["ItemDecision"]["properties"]["item_id"]["enum"])
+    return list(schema["properties"]["items"]["properties"])
 
 
 def fake_decision(messages: list[dict[str, Any]], schema: dict[str, Any], exit_every: int = 4) -> dict[str, Any]:
     persona = str(messages[0].get("content", ""))
     page = str(messages[-1].get("content", ""))
-    items = []
+    items = {}
     for item_id in _ids(schema):
         h = zlib.crc32(f"{persona}|{item_id}".encode())
         watch = h % 3 == 0
-        items.append({"item_id": item_id, "watch": watch, "rating": 1 + (h >> 3) % 5 if watch else None,
-                      "feeling": "looks good" if watch else "not for me"})
+        items[item_id] = {"watch": watch, "rating": 1 + (h >> 3) % 5 if watch else None,
+                          "feeling": "looks good" if watch else "not for me"}
     leave = zlib.crc32(page.encode()) % exit_every == 0
     return {"thought": "scripted user", "items": items, "action": "exit" if leave else "next_page"}
 
