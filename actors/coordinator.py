@@ -17,7 +17,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from alignuser_sim.events import Event, EventLog
+from alignuser_sim.events import Event, EventLog, RunLock
 from alignuser_sim.llm.accounting import Accounting
 from alignuser_sim.runs import RunPlan, finish_run
 from alignuser_sim.simulation import Driver, PageRequest
@@ -107,6 +107,10 @@ class Coordinator:
         raise RuntimeError(f"shard {shard} did not come back within 300 s")
 
     async def run(self) -> dict[str, Any]:
+        with RunLock(self.plan.run_dir):  # a killed driver's coordinator may still be finishing a batch
+            return await self._run()
+
+    async def _run(self) -> dict[str, Any]:
         plan, scenario = self.plan, self.plan.scenario
         items_ref = ray.put(plan.dataset.items)
         recommender = RecommenderActor.remote(scenario.recommender, scenario.seed, plan.dataset.interactions,

@@ -4,15 +4,20 @@ The event key is `(run_id, agent_id, session, page)`. Writing is idempotent on t
 set of keys it holds and drops a second copy, so a shard restarted mid-page, or a resumed driver that
 replays a page, never duplicates an event (and never counts it twice in the statistics).
 
-Events are appended as numbered Parquet part files (`events/part-000001.parquet`, each written to a
-temporary name and renamed, so a crash leaves whole parts only); `finalize()` merges them into
-`events.parquet` sorted by key. A resumed run re-reads the parts to learn what is already done.
+Events are appended as Parquet part files named by writer and number (`events/part-<writer>-000001.parquet`,
+each written to a temporary name and renamed, so a crash leaves whole parts only, and two writers never
+overwrite each other's parts); `finalize()` merges them into `events.parquet`, one row per key, sorted by
+key. A resumed run re-reads the parts to learn what is already done. `RunLock` keeps two drivers of one
+run folder from running at once (a killed driver's actors may outlive it for a few seconds).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,13 +179,13 @@ class EventLog:
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         self.keys: set[tuple[str, str, int, int]] = set()
         self.duplicates = 0
-        existing = sorted(self.parts_dir.glob("part-*.parquet"))
-        self._next_part = 1 + max((int(p.stem.split("-")[1]) for p in existing), default=0)
+        self.writer = uuid.uuid4().hex[:8]
+        self._next_part = 1
 
     def load_existing(self) -> list[Event]:
         """Events already on disk (resume); their keys count as written."""
         events = []
-        for part in sorted(self.parts_dir.glob("part-*.parquet")):
+        for part in sorted(self.parts_dir.glob("part-*.parquet"), key=lambda p: p.stat().st_mtime_ns):
             for event in events_from_table(pq.read_table(part, schema=EVENTS)):
                 if event.key not in self.keys:
                     self.keys.add(event.key)
@@ -197,7 +202,7 @@ class EventLog:
             self.keys.add(event.key)
             fresh.append(event)
         if fresh:
-            path = self.parts_dir / f"part-{self._next_part:06d}.parquet"
+            path = self.parts_dir / f"part-{self.writer}-{self._next_part:06d}.parquet"
             self._next_part += 1
             tmp = path.with_suffix(".tmp")
             pq.write_table(events_table(fresh), tmp)
@@ -205,15 +210,55 @@ class EventLog:
         return fresh
 
     def finalize(self) -> Path:
-        """Merge the parts into `events.parquet`, one row per key, sorted by key."""
-        parts = sorted(self.parts_dir.glob("part-*.parquet"))
+        """Merge the parts into `events.parquet`, one row per key (the first written), sorted by key."""
+        parts = sorted(self.parts_dir.glob("part-*.parquet"), key=lambda p: p.stat().st_mtime_ns)
         table = pa.concat_tables([pq.read_table(p, schema=EVENTS) for p in parts]) if parts else EVENTS.empty_table()
+        seen: set[tuple] = set()
+        keep = []
+        for i, key in enumerate(zip(*(table[k].to_pylist() for k in KEY), strict=True)):
+            if key not in seen:
+                seen.add(key)
+                keep.append(i)
+        if len(keep) < table.num_rows:
+            table = table.take(pa.array(keep, pa.int64()))
         table = table.sort_by([(k, "ascending") for k in KEY])
         path = self.run_dir / "events.parquet"
         tmp = path.with_suffix(".tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, path)
         return path
+
+
+class RunLock:
+    """An exclusive lock on a run folder (flock: released by the kernel when its holder dies)."""
+
+    def __init__(self, run_dir: Path, wait_s: float = 120.0):
+        self.path = Path(run_dir) / "run.lock"
+        self.wait_s = wait_s
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    from .errors import UserError
+
+                    raise UserError(f"{self.path.parent}: another process is still driving this run") from None
+                time.sleep(0.2)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from .config import Scenario, dump_scenario, load_scenario
 from .data import Dataset, load_dataset
 from .errors import UserError
-from .events import EventLog, MacroStats, write_json
+from .events import EventLog, MacroStats, RunLock, write_json
 from .personas import Persona, build_personas
 from .population import select_population
 
@@ -104,6 +104,11 @@ def finish_run(plan: RunPlan, event_log: EventLog, stats: MacroStats, llm: dict[
 
 async def run_local(plan: RunPlan, llm: Any, on_events=None) -> dict[str, Any]:
     """The whole run in this process: one ShardCore per planned shard, the recommender in-process."""
+    with RunLock(plan.run_dir):
+        return await _run_local(plan, llm, on_events)
+
+
+async def _run_local(plan: RunPlan, llm: Any, on_events=None) -> dict[str, Any]:
     from .recommenders import make_recommender
     from .simulation import Catalogue, Driver, LocalRecommender, ShardCore
 

@@ -25,10 +25,10 @@ def cli(*args, **kwargs):
 
 
 def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
-    with fake_user_server(delay_s=0.15) as server:
+    with fake_user_server(delay_s=0.4) as server:
         scenario = {
-            "seed": 4, "dataset": {"name": "ml-100k"}, "population": {"size": 24},
-            "recommender": {"algorithm": "itemknn"}, "pages": {"count": 4, "items_per_page": 4},
+            "seed": 4, "dataset": {"name": "ml-100k"}, "population": {"size": 40},
+            "recommender": {"algorithm": "itemknn"}, "pages": {"count": 5, "items_per_page": 4},
             "llm": {"endpoints": [server.base_url], "cache": "off", "concurrency": 4},
             "output_dir": str(tmp_path),
         }

@@ -178,10 +178,12 @@ def test_llm_server_down_for_a_while_the_run_backs_off_and_continues(scenario, t
     from alignuser_sim.testing.fake_users import fake_decision
     from alignuser_sim.testing.http_server import Reply, ScriptedServer, status
 
-    back_at = _time.monotonic() + 1.5  # down for 1.5 s from the start
+    down_from: list[float] = []  # down for 1.5 s from the first request on
 
     def respond(body, n):
-        if _time.monotonic() < back_at:
+        if not down_from:
+            down_from.append(_time.monotonic())
+        if _time.monotonic() < down_from[0] + 1.5:
             return status(503, "server is restarting")
         schema = body["response_format"]["json_schema"]["schema"]
         return Reply(_json.dumps(fake_decision(body["messages"], schema)))
