@@ -173,8 +173,14 @@ class MacroStats:
 class EventLog:
     """Append-only, idempotent event storage of one run (see the module docstring)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, flush_s: float = 0.5, flush_events: int = 20_000):
+        """Events are buffered and written as one part every `flush_s` seconds (or `flush_events` events):
+        one small Parquet file per batch was the largest cost of a cached run. What a crash loses from the
+        buffer was never fed back to the recommender's durable state either: a resume decides it again."""
         self.run_dir = Path(run_dir)
+        self.flush_s, self.flush_events = flush_s, flush_events
+        self._buffer: list[Event] = []
+        self._last_flush = time.monotonic()
         self.parts_dir = self.run_dir / "events"
         self.parts_dir.mkdir(parents=True, exist_ok=True)
         self.keys: set[tuple[str, str, int, int]] = set()
@@ -201,16 +207,26 @@ class EventLog:
                 continue
             self.keys.add(event.key)
             fresh.append(event)
-        if fresh:
-            path = self.parts_dir / f"part-{self.writer}-{self._next_part:06d}.parquet"
-            self._next_part += 1
-            tmp = path.with_suffix(".tmp")
-            pq.write_table(events_table(fresh), tmp)
-            os.replace(tmp, path)
+        self._buffer.extend(fresh)
+        if len(self._buffer) >= self.flush_events or time.monotonic() - self._last_flush >= self.flush_s:
+            self.flush()
         return fresh
+
+    def flush(self) -> None:
+        """Write the buffered events as one part file (whole or not at all)."""
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        path = self.parts_dir / f"part-{self.writer}-{self._next_part:06d}.parquet"
+        self._next_part += 1
+        tmp = path.with_suffix(".tmp")
+        pq.write_table(events_table(self._buffer), tmp)
+        os.replace(tmp, path)
+        self._buffer = []
 
     def finalize(self) -> Path:
         """Merge the parts into `events.parquet`, one row per key (the first written), sorted by key."""
+        self.flush()
         parts = sorted(self.parts_dir.glob("part-*.parquet"), key=lambda p: p.stat().st_mtime_ns)
         table = pa.concat_tables([pq.read_table(p, schema=EVENTS) for p in parts]) if parts else EVENTS.empty_table()
         seen: set[tuple] = set()

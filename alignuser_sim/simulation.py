@@ -179,7 +179,8 @@ class Driver:
     progress: dict[str, AgentProgress] = field(default_factory=dict)
     on_events: Callable[[list[Event]], None] | None = None
     max_batch: int = 4096
-    groups_per_shard: int = 8
+    max_groups_per_shard: int = 8
+    agents_per_group: int = 200
 
     def __post_init__(self) -> None:
         for ids in self.shards.values():
@@ -213,7 +214,9 @@ class Driver:
     async def run(self) -> MacroStats:
         loops = []
         for shard, ids in self.shards.items():
-            n = max(1, min(self.groups_per_shard, len(ids)))
+            # at least 2 groups (tails), about `agents_per_group` each: every group round costs a few Ray
+            # calls, which is noise next to an LLM call but not next to a cached one
+            n = max(1, min(len(ids), max(2, min(self.max_groups_per_shard, len(ids) // self.agents_per_group))))
             loops += [self._run_group(shard, ids[g::n]) for g in range(n)]
         await asyncio.gather(*loops)
         return self.stats

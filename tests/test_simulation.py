@@ -3,6 +3,7 @@
 import asyncio
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -114,11 +115,15 @@ def test_resume_completes_with_no_event_lost_or_duplicated(scenario, tmp_path):
     part = plan_run(scenario, tmp_path / "part", n_shards=2)
     part.run_id = whole.run_id  # same keys as the uninterrupted run, so the events compare one to one
     asyncio.run(run_local(part, ScriptedLLM(fake_user_responder)))
-    parts = sorted((tmp_path / "part" / "events").glob("part-*.parquet"))
-    for extra in parts[3:]:
-        extra.unlink()
+    # what a killed driver leaves: for each agent a prefix of its pages (all page 0s, a third of page 1s)
+    events_dir = tmp_path / "part" / "events"
+    done = pq.read_table(tmp_path / "part" / "events.parquet")
+    for p in events_dir.glob("part-*.parquet"):
+        p.unlink()
     (tmp_path / "part" / "events.parquet").unlink()
-    kept = sum(pq.read_table(p).num_rows for p in parts[:3])
+    rows = [r for r in done.to_pylist() if r["page"] == 0 or (r["page"] == 1 and int(r["agent_id"]) % 3 == 0)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=EVENTS), events_dir / "part-killed-000001.parquet")
+    kept = len(rows)
     assert 0 < kept < full["decisions"]
     from alignuser_sim.runs import resume_plan
 
@@ -141,9 +146,11 @@ def test_event_log_is_idempotent_on_the_key(tmp_path):
         return Event("r", "a", 0, page, ["1"], [True], [4], ["ok"], "t", "next_page", None, 0, 1, 1, 0.1,
                      False, 0, 0.0)
 
-    log = EventLog(tmp_path)
+    log = EventLog(tmp_path, flush_s=3600)
     assert len(log.append([ev(0), ev(1)])) == 2
     assert log.append([ev(1), ev(2)]) == [ev(2)] and log.duplicates == 1
+    assert EventLog(tmp_path).load_existing() == []  # buffered, not written yet
+    log.flush()
     again = EventLog(tmp_path)
     assert len(again.load_existing()) == 3 and again.append([ev(0)]) == []
     assert pq.read_table(again.finalize()).num_rows == 3
