@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from alignuser_sim.config import Scenario
+from alignuser_sim.errors import UserError
 from alignuser_sim.llm.launcher import embedded_endpoints
 from alignuser_sim.runs import RunPlan, plan_run, resume_plan
 
@@ -34,6 +35,18 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, **kwargs)
+
+
+def check_endpoints(endpoints: list[str], timeout_s: float = 10.0) -> None:
+    """Fail before the run, in one line, when an endpoint does not answer at all (a typo, a server not
+    started); a server that answers but is busy or erroring is the client's retries' business."""
+    import httpx
+
+    for url in endpoints:
+        try:
+            httpx.get(url.rstrip("/") + "/models", timeout=timeout_s)
+        except httpx.HTTPError as exc:
+            raise UserError(f"llm.endpoints: {url}: not reachable ({type(exc).__name__}: {exc})") from None
 
 
 def _file_log(run_dir: Path) -> logging.Handler:
@@ -77,6 +90,7 @@ def run_on_ray(
     log.info("run %s: %d agents in %d shards -> %s", plan.run_id, plan.agents, len(plan.shards), plan.run_dir)
     try:
         with embedded_endpoints(plan.scenario.llm, log_path=plan.run_dir / "vllm.log") as endpoints:
+            check_endpoints(endpoints)
             coordinator = Coordinator.remote(plan, endpoints, cache_path, shard_options)
             ref = coordinator.run.remote()
             if on_start is not None:

@@ -9,3 +9,4 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from .fixtures_data import *  # noqa: E402,F403
 from .fixtures_llm import *  # noqa: E402,F403
+from .fixtures_ray import *  # noqa: E402,F403

@@ -20,13 +20,6 @@ ray = pytest.importorskip("ray")
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def fake_server():
     with fake_user_server(delay_s=0.01) as server:
         yield server
@@ -97,3 +90,16 @@ def test_shard_killed_mid_run_restarts_and_loses_nothing(ray_local, tmp_path):
     assert killed, "the shard was never killed"
     assert summary["shard_restarts"] >= 1
     check_exactly_once(tmp_path / "run", 32, 4)
+
+
+def test_unreachable_endpoint_is_one_line_before_the_run(tmp_path):
+    import socket
+
+    from actors.launch import check_endpoints
+    from alignuser_sim.errors import UserError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UserError, match=rf"^llm.endpoints: http://127.0.0.1:{port}/v1: not reachable"):
+        check_endpoints([f"http://127.0.0.1:{port}/v1"], timeout_s=2)

@@ -11,13 +11,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 ray = pytest.importorskip("ray")
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def test_short_run_against_vllm(vllm_server, ray_local, tmp_path):
     from actors.launch import run_on_ray
 

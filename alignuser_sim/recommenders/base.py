@@ -329,7 +329,7 @@ class Recommender(ABC):
         return scores
 
     def _history_scores(self, user_ids: list[str], histories: list[np.ndarray]) -> np.ndarray:
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} ranks every user with its own _scores, not from histories")
 
     def pop_scores(self) -> np.ndarray:
         """Live popularity, ties broken by catalogue order (the earlier item first)."""
