@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .llm.accounting import LatencyHistogram
 
 EVENTS = pa.schema(
     [
@@ -105,7 +106,7 @@ class MacroStats:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     from_cache: int = 0
-    latencies: list[float] = field(default_factory=list)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)  # of calls that went to a server
 
     def add(self, event: Event, session_over: bool) -> None:
         self.decisions += 1
@@ -114,7 +115,7 @@ class MacroStats:
         self.from_cache += int(event.from_cache)
         self.invalid_ids += event.invalid_ids
         if not event.from_cache:
-            self.latencies.append(event.latency_s)
+            self.latency.add(event.latency_s)
         if event.failure:
             self.failures[event.failure] += 1
         else:
@@ -132,10 +133,13 @@ class MacroStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("failures", "ratings", "watches_per_page", "exit_page", "pages_per_session"):
             getattr(self, name).update(getattr(other, name))
-        self.latencies.extend(other.latencies)
+        self.latency.merge(other.latency)
 
     def summary(self) -> dict[str, Any]:
-        lat = np.array(self.latencies) if self.latencies else np.zeros(1)
+        def pct(q: float) -> float:
+            value = self.latency.percentile(q)
+            return round(value, 4) if value is not None else 0.0
+
         watched = sum(k * v for k, v in self.watches_per_page.items())
         judged = sum(self.watches_per_page.values())
         rated = sum(self.ratings.values())
@@ -154,9 +158,9 @@ class MacroStats:
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "from_cache": self.from_cache,
-            "latency_p50_s": round(float(np.percentile(lat, 50)), 4),
-            "latency_p95_s": round(float(np.percentile(lat, 95)), 4),
-            "latency_p99_s": round(float(np.percentile(lat, 99)), 4),
+            "latency_p50_s": pct(0.50),
+            "latency_p95_s": pct(0.95),
+            "latency_p99_s": pct(0.99),
         }
 
     def to_dict(self) -> dict[str, Any]:

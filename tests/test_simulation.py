@@ -202,3 +202,23 @@ def test_llm_server_down_for_a_while_the_run_backs_off_and_continues(scenario, t
     snap = llm.snapshot()
     assert sum(snap["retries"].values()) > 0 and summary["failures"] == 0
     assert summary["agents_done"] == 30
+
+
+def test_macro_stats_merge_equals_one_stream():
+    from alignuser_sim.events import Event
+
+    def ev(page, latency, rating):
+        return Event("r", "a", 0, page, ["1"], [True], [rating], [""], None, "next_page", None, 0, 3, 2, latency,
+                     False, 0, 0.0)
+
+    events = [ev(i, 0.1 * (i + 1), 1 + i % 5) for i in range(10)]
+    whole, left, right = MacroStats(), MacroStats(), MacroStats()
+    for e in events:
+        whole.add(e, session_over=e.page == 9)
+    for e in events[:4]:
+        left.add(e, session_over=False)
+    for e in events[4:]:
+        right.add(e, session_over=e.page == 9)
+    left.merge(right)
+    assert left.to_dict() == whole.to_dict()
+    assert 0.45 <= whole.summary()["latency_p50_s"] <= 0.55  # 10 calls of 0.1 .. 1.0 s
