@@ -119,7 +119,7 @@ class Coordinator:
         for i, ids in plan.shards.items():
             self.shards[i] = PersonaShard.options(**self.shard_options).remote(
                 i, [by_id[u] for u in ids], items_ref, scenario.llm, self.endpoints, plan.run_id, scenario.seed,
-                self.cache_path, str(plan.run_dir),
+                self.cache_path, str(plan.run_dir), plan.policy.subset(ids),
             )
         self.driver = Driver(
             shards=plan.shards, decide=self._decide, recommender=_RemoteRecommender(recommender),

@@ -16,6 +16,7 @@ from alignuser_sim.config import LLMConfig
 from alignuser_sim.events import Event
 from alignuser_sim.llm import LLMClient
 from alignuser_sim.personas import Persona
+from alignuser_sim.policy import PolicySetup
 from alignuser_sim.simulation import Catalogue, PageRequest, ShardCore
 
 
@@ -32,10 +33,11 @@ class PersonaShard:
         seed: int,
         cache_path: str | None,
         run_dir: str | None,
+        policy: PolicySetup | None = None,
     ):
         llm = LLMClient.from_config(llm_config, endpoints=endpoints, cache_path=cache_path, run_dir=run_dir,
                                     rng_seed=seed + shard_id)
-        self.core = ShardCore(shard_id, personas, Catalogue(items), llm, run_id, seed=seed)
+        self.core = ShardCore(shard_id, personas, Catalogue(items), llm, run_id, seed=seed, policy=policy)
 
     def ping(self) -> int:
         return os.getpid()

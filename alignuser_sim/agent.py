@@ -88,6 +88,11 @@ class ItemView:
         return text
 
 
+def page_query(page: list[ItemView]) -> str:
+    """The text a page is matched against lessons with: its titles and genres."""
+    return " ".join(f"{item.title} {' '.join(item.genres)}" for item in page)
+
+
 class LessonMemory(Protocol):
     """Where an agent's lessons come from (the learning step fills it; see memory.py)."""
 
@@ -96,6 +101,18 @@ class LessonMemory(Protocol):
 
 class NoLessons:
     def retrieve(self, query: str, k: int) -> list[str]:
+        return []
+
+
+class WorldModelContext(Protocol):
+    """What the persona learned about how the recommender reacts (worldmodel.py): text lines of
+    (state, action) -> next state examples relevant to this page, shown to the policy before it decides."""
+
+    def hints(self, page: list[ItemView], k: int) -> list[str]: ...
+
+
+class NoWorldModel:
+    def hints(self, page: list[ItemView], k: int) -> list[str]:
         return []
 
 
@@ -143,6 +160,8 @@ class PersonaAgent:
     persona: Persona
     lessons: LessonMemory = field(default_factory=NoLessons)
     lessons_k: int = 3
+    world_model: WorldModelContext = field(default_factory=NoWorldModel)
+    world_model_k: int = 2
     history_size: int = 5
     seed: int = 0
     history: deque = field(default_factory=deque)
@@ -157,9 +176,12 @@ class PersonaAgent:
 
     def messages(self, page_no: int, page: list[ItemView]) -> list[dict[str, str]]:
         context = []
-        lessons = self.lessons.retrieve(" ".join(item.title for item in page), self.lessons_k)
+        lessons = self.lessons.retrieve(page_query(page), self.lessons_k) if self.lessons_k else []
         if lessons:
             context.append("Lessons about how you really behave:\n" + "\n".join(f"- {x}" for x in lessons))
+        hints = self.world_model.hints(page, self.world_model_k) if self.world_model_k else []
+        if hints:
+            context.append("How this recommender reacts to what you do:\n" + "\n".join(f"- {x}" for x in hints))
         if self.history:
             context.append("You recently watched: " + "; ".join(
                 f"{title} (you rated {rating})" if rating else title for title, rating in self.history))

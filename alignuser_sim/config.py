@@ -130,9 +130,75 @@ class LLMConfig(Strict):
 
 
 class LearningConfig(Strict):
+    """AlignUSER learning from the human rollouts (`alignuser-sim learn`)."""
+
     transitions_per_persona: Annotated[int, Field(gt=0)] = 4
     counterfactuals_per_step: Annotated[int, Field(ge=0, le=16)] = 3
-    lessons_per_persona: Annotated[int, Field(gt=0, le=500)] = 20
+    lessons_per_persona: Annotated[int, Field(gt=0, le=500)] = Field(
+        default=20, description="Size cap of a persona's lesson memory (eviction rule: see memory.py)")
+    counterfactual_temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    world_model_examples: Annotated[int, Field(ge=0, le=16)] = Field(
+        default=2, description="In-context (state, action) -> next state examples per world-model prompt")
+    embedder: Literal["auto", "minilm", "lexical"] = Field(
+        default="auto", description="Lesson retrieval: all-MiniLM-L6-v2 if installed (auto), else lexical")
+    taste: Literal["auto", "off"] = Field(
+        default="auto", description="auto: the LLM writes taste text for personas without one (training split)")
+    folder: Path | None = Field(default=None, description="Learning folder; None: OUTPUT_DIR/NAME/learning")
+
+
+class PolicyConfig(Strict):
+    """What a simulated user's prompt holds besides its persona: the ablation switches.
+
+    `prompt-only` is the Agent4Rec-style baseline (persona prompt only); `alignuser` adds the persona's
+    retrieved lessons and world-model context. `lessons` / `world_model` override the kind's default.
+    """
+
+    kind: Literal["prompt-only", "alignuser"] = "prompt-only"
+    lessons: bool | None = None
+    world_model: bool | None = None
+    lessons_k: Annotated[int, Field(ge=0, le=20)] = 3
+    world_model_k: Annotated[int, Field(ge=0, le=10)] = 2
+
+    @property
+    def use_lessons(self) -> bool:
+        return self.kind == "alignuser" if self.lessons is None else self.lessons
+
+    @property
+    def use_world_model(self) -> bool:
+        return self.kind == "alignuser" if self.world_model is None else self.world_model
+
+    @property
+    def label(self) -> str:
+        """prompt-only, +lessons, +world model, alignuser (both): for tables."""
+        both = (self.use_lessons, self.use_world_model)
+        return {(False, False): "prompt-only", (True, False): "+lessons", (False, True): "+world model",
+                (True, True): "alignuser"}[both]
+
+
+class EvalConfig(Strict):
+    """Micro evaluation (`alignuser-sim eval`): held-out pages of rated items mixed with never-rated ones."""
+
+    ratios: list[Annotated[int, Field(ge=1, le=9)]] = Field(default_factory=lambda: [1, 2, 3, 9])
+    users: Annotated[int, Field(gt=0)] | None = Field(default=None, description="None: the whole population")
+    positives_per_user: Annotated[int, Field(gt=0, le=50)] = 4
+    items_per_page: Annotated[int, Field(ge=2, le=50)] = 10
+    bootstrap: Annotated[int, Field(ge=0, le=100_000)] = 1000
+    recommenders: list[RecommenderName] = Field(
+        default_factory=lambda: ["random", "pop", "itemknn", "mf", "lightgcn"],
+        description="`alignuser-sim compare`: the recommenders ranked")
+    k: Annotated[int, Field(gt=0, le=1000)] = 20
+
+
+class ServeConfig(Strict):
+    """vLLM replicas started as Ray actors on the cluster's GPU nodes (`actors/llm_server.py`)."""
+
+    replicas: Annotated[int, Field(ge=0, le=1024)] = Field(
+        default=0, description="0: no replicas (external endpoints, or the embedded local server)")
+    model: str | None = Field(default=None, description="Model path or name for the replicas; None: embedded")
+    tensor_parallel: Annotated[int, Field(ge=1, le=16)] = 1
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
+    max_model_len: Annotated[int, Field(gt=0)] | None = None
+    extra_args: list[str] = Field(default_factory=list)
 
 
 class Scenario(Strict):
@@ -145,7 +211,18 @@ class Scenario(Strict):
     pages: PagesConfig = Field(default_factory=PagesConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     learning: LearningConfig = Field(default_factory=LearningConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
     output_dir: Path = Path("runs")
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_shorthand(cls, value: Any) -> Any:
+        return {"kind": value} if isinstance(value, str) else value
+
+    def learning_dir(self) -> Path:
+        return self.learning.folder if self.learning.folder is not None else self.run_dir() / "learning"
 
     @property
     def population_seed(self) -> int:
@@ -246,6 +323,8 @@ def load_scenario(path: str | Path) -> Scenario:
         value = getattr(ds, field)
         if value is not None and not value.is_absolute():
             setattr(ds, field, (base / value).resolve())
+    if scenario.learning.folder is not None and not scenario.learning.folder.is_absolute():
+        scenario.learning.folder = (base / scenario.learning.folder).resolve()
     return scenario
 
 

