@@ -1,0 +1,105 @@
+"""The policy setting: prompt-only vs alignuser agents, and the train / held-out split they learn and are
+evaluated on."""
+
+import pyarrow as pa
+import pytest
+
+from alignuser_sim.agent import ItemView
+from alignuser_sim.config import scenario_from_dict
+from alignuser_sim.data.holdout import heldout_mask
+from alignuser_sim.errors import UserError
+from alignuser_sim.personas import Persona
+from alignuser_sim.policy import PolicySetup
+
+PAGE = [ItemView("1", "Toy Story", ("Animation",)), ItemView("2", "Heat", ("Action",))]
+
+
+def persona(uid="u1", taste="") -> Persona:
+    return Persona(uid, activity=2, diversity=1, conformity=3, n_interactions=30, n_genres_80=2,
+                   rating_deviation=1.2, taste=taste)
+
+
+class Memory:
+    def __init__(self):
+        self.queries = []
+
+    def retrieve(self, query, k):
+        self.queries.append((query, k))
+        return ["I skip action films even when they are popular."][:k]
+
+
+class WorldModel:
+    def hints(self, page, k):
+        return ["After you watched an animation film, the next page showed more animation."][:k]
+
+
+def scenario(tmp_path, policy, **learning):
+    return scenario_from_dict({"dataset": {"name": "ml-100k"}, "policy": policy, "output_dir": str(tmp_path),
+                               "name": "p", "learning": learning})
+
+
+@pytest.mark.parametrize(("policy", "lessons", "world_model", "label"), [
+    ("prompt-only", False, False, "prompt-only"),
+    ("alignuser", True, True, "alignuser"),
+    ({"kind": "alignuser", "world_model": False}, True, False, "+lessons"),
+    ({"kind": "prompt-only", "world_model": True}, False, True, "+world model"),
+])
+def test_switches_decide_what_the_prompt_holds(tmp_path, policy, lessons, world_model, label):
+    config = scenario(tmp_path, policy).policy
+    assert (config.use_lessons, config.use_world_model, config.label) == (lessons, world_model, label)
+    memory = Memory()
+    setup = PolicySetup(config, lessons={"u1": memory}, world_model={"u1": WorldModel()})
+    prompt = "\n".join(m["content"] for m in setup.agent(persona()).messages(0, PAGE))
+    assert ("I skip action films" in prompt) is lessons
+    assert ("next page showed more animation" in prompt) is world_model
+    if lessons:  # the page (titles and genres) is the retrieval query
+        assert memory.queries == [("Toy Story Animation Heat Action", 3)]
+    # the persona comes before what is learned, which comes before the page (prefix cache)
+    if lessons:
+        assert prompt.index("You are") < prompt.index("I skip action") < prompt.index("Toy Story")
+
+
+def test_learned_taste_fills_only_personas_without_one(tmp_path):
+    setup = PolicySetup(scenario(tmp_path, "prompt-only").policy, tastes={"u1": "Loves 90s comedies.",
+                                                                          "u2": "Ignored."})
+    prompt = "\n".join(m["content"] for m in setup.agent(persona("u1")).messages(0, PAGE))
+    assert "Your taste: Loves 90s comedies." in prompt
+    assert setup.agent(persona("u2", taste="Given by the dataset.")).persona.taste == "Given by the dataset."
+    shard = setup.subset(["u2"])
+    assert list(shard.tastes) == ["u2"]
+
+
+def test_alignuser_without_learning_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(UserError, match="alignuser-sim learn"):
+        PolicySetup.for_scenario(scenario(tmp_path, "alignuser"), ["u1"])
+    assert PolicySetup.for_scenario(scenario(tmp_path, "prompt-only"), ["u1"]).lessons == {}
+
+
+def test_policy_shorthand_and_bad_kind_in_one_line(tmp_path):
+    with pytest.raises(UserError, match=r"policy.kind: must be one of prompt-only or alignuser"):
+        scenario(tmp_path, "agent4rec")
+    assert scenario(tmp_path, "alignuser").learning_dir() == tmp_path / "p" / "learning"
+
+
+def table(users, ts, split=None, rating=None):
+    n = len(users)
+    return pa.table({
+        "user_id": pa.array(users, pa.string()), "item_id": pa.array([str(i) for i in range(n)]),
+        "rating": pa.array(rating if rating is not None else [4.0] * n, pa.float32()),
+        "ts": pa.array(ts, pa.int64()), "split": pa.array(split or [None] * n, pa.string()),
+        "seq": pa.array(range(n), pa.int64()),
+    })
+
+
+def test_heldout_is_each_users_last_fifth_in_time_never_the_only_row():
+    # u1: 5 rows out of time order; u2: one row (kept for training); u3: two rows, one undated (it goes last)
+    t = table(["u1", "u1", "u1", "u1", "u1", "u2", "u3", "u3"], [50, 10, 40, 20, 30, 5, None, 7])
+    assert heldout_mask(t).tolist() == [True, False, False, False, False, False, True, False]
+
+
+def test_heldout_follows_the_datasets_test_split_and_holds_out_ratings_it_lacks():
+    split = ["train", "train", "train", "train", "train", "test"]
+    rating = [5.0, 4.0, 3.0, 2.0, 1.0, None]
+    t = table(["u1"] * 6, [None] * 6, split=split, rating=rating)
+    # the test row, plus the last fifth (ceil: 1) of the rated rows, in source order when undated
+    assert heldout_mask(t).tolist() == [False, False, False, False, True, True]
