@@ -38,6 +38,11 @@ def _register_subapps() -> None:
 
     app.add_typer(recommenders_app, name="recommenders", help="Recommenders: offline Recall@K / NDCG@K.")
     app.add_typer(llm_app, name="llm", help="The vLLM server and the embedded model.")
+    from . import eval_cli
+
+    app.command("eval")(eval_cli.eval_cmd)
+    app.command("compare")(eval_cli.compare_cmd)
+    app.command("report")(eval_cli.report_cmd)
 
 
 _register_subapps()

@@ -1,0 +1,12 @@
+"""Evaluation metrics as pure functions over numpy arrays (no files, no LLM): micro (classification and
+rating error), macro (distribution distances), ranking agreement (Kendall tau), and the user bootstrap that
+puts a 95% interval on each. The runners that produce their inputs are `evaluation.py` (micro),
+`compare.py` (ranking) and `report.py` (macro from a run folder)."""
+
+from .bootstrap import Estimate, bootstrap
+from .macro import kl_divergence, total_variation, wasserstein
+from .micro import confusion, rating_sums
+from .ranking import kendall_tau, tau_estimate
+
+__all__ = ["Estimate", "bootstrap", "confusion", "kendall_tau", "kl_divergence", "rating_sums", "tau_estimate",
+           "total_variation", "wasserstein"]

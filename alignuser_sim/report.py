@@ -1,0 +1,429 @@
+"""`alignuser-sim report`: one readable document (report.md + report.html + PNG plots) from result folders.
+
+Sections, each present when its files are:
+- macro: a simulation run folder (events.parquet, scenario.yaml): the simulated population's distributions
+  against the human rollouts of the same users with the same pages config (`metrics/macro.py`);
+- micro: an eval folder (plan.json + decisions): `evaluation.summarize`;
+- ranking: a compare folder (compare_plan.json + runs): `compare.summarize_compare`.
+
+Every number is computed here from those files by the same functions the commands use, never copied from
+a summary someone could have edited; the JSON the numbers came from is written beside the report
+(`report.json`). report.md links the PNGs (plots/); report.html embeds them (base64), so it can be mailed
+alone. matplotlib is imported only when plotting, with the Agg backend (no display needed).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass
+class Table:
+    header: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Image:
+    path: str  # relative to the report folder
+    alt: str
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[str | Table | Image] = field(default_factory=list)
+
+
+# --- finding the inputs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    run: Path | None = None
+    eval: Path | None = None
+    compare: Path | None = None
+
+
+def _first(candidates: list[Path], marker: str) -> Path | None:
+    return next((c for c in candidates if (c / marker).exists()), None)
+
+
+def find_inputs(path: Path, eval_dir: Path | None = None, compare_dir: Path | None = None) -> Inputs:
+    """What to report on: the folder itself (a run, an eval or a compare folder) and, unless given, the
+    eval and compare folders found beside or under it (OUTPUT_DIR/NAME/eval and .../compare)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"{path}: no such folder")
+    for given, option in ((eval_dir, "--eval"), (compare_dir, "--compare")):
+        if given is not None and not Path(given).is_dir():
+            raise UserError(f"{option}: {given}: no such folder")
+    inputs = Inputs()
+    if (path / "run.json").exists() or (path / "events.parquet").exists():
+        inputs.run = path
+    inputs.eval = Path(eval_dir) if eval_dir else _first([path, path / "eval", path.parent / "eval"], "plan.json")
+    inputs.compare = Path(compare_dir) if compare_dir else _first(
+        [path, path / "compare", path.parent / "compare"], "compare_plan.json")
+    if inputs.eval and not (inputs.eval / "plan.json").exists():
+        raise UserError(f"--eval: {inputs.eval}: not an eval folder (no plan.json)")
+    if inputs.compare and not (inputs.compare / "compare_plan.json").exists():
+        raise UserError(f"--compare: {inputs.compare}: not a compare folder (no compare_plan.json)")
+    if not (inputs.run or inputs.eval or inputs.compare):
+        raise UserError(f"{path}: nothing to report: not a run folder (run.json), an eval folder (plan.json) "
+                        f"or a compare folder (compare_plan.json)")
+    return inputs
+
+
+# --- macro: a run against its humans -------------------------------------------------------------------------
+
+
+def macro_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's distributions against the human rollouts of its users (module doc of metrics/macro.py)."""
+    import pyarrow.parquet as pq
+
+    from .config import load_scenario
+    from .data import load_dataset
+    from .data.rollouts import build_rollouts, read_rollouts
+    from .metrics.macro import compare_all, samples_from_events, samples_from_rollouts
+
+    run_dir = Path(run_dir)
+    meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    if meta.get("status") != "complete" or not (run_dir / "events.parquet").exists():
+        raise UserError(f"{run_dir}: the run is not complete; finish it with `alignuser-sim run --resume {run_dir}`")
+    scenario = load_scenario(run_dir / "scenario.yaml")
+    events = pq.read_table(run_dir / "events.parquet",
+                           columns=["agent_id", "session", "page", "items", "watched", "ratings", "failure"])
+    users = sorted({u for ids in meta.get("shards", {}).values() for u in ids}) or sorted(
+        set(events["agent_id"].to_pylist()))
+    ds = load_dataset(scenario.dataset)
+    genres = dict(zip(ds.items["item_id"].to_pylist(), ds.items["genres"].to_pylist(), strict=True))
+
+    def genres_of(item: str) -> list[str]:
+        return list(genres.get(item) or ())
+
+    if (run_dir / "rollouts.parquet").exists():
+        rollouts = read_rollouts(run_dir / "rollouts.parquet")
+        human_source = "rollouts.parquet"
+    else:
+        rollouts = build_rollouts(ds, users, scenario.pages, scenario.seed)
+        human_source = "rebuilt with data/rollouts.build_rollouts"
+    keep = set(users)
+    human_rows = [r for r in rollouts.to_pylist() if r["user_id"] in keep]
+    cap, k = scenario.pages.count, scenario.pages.items_per_page
+    human = samples_from_rollouts(human_rows, cap, genres_of)
+    simulated = samples_from_events(events.to_pylist(), cap, genres_of)
+    comparisons = compare_all(human, simulated, cap, k)
+    return {
+        "run_dir": str(run_dir), "run_id": meta.get("run_id"), "scenario": scenario.name,
+        "dataset": scenario.dataset.name, "recommender": scenario.recommender.algorithm,
+        "policy": scenario.policy.label, "users": len(users), "page_cap": cap, "items_per_page": k,
+        "human_source": human_source,
+        "human": {"sessions": human.sessions, "pages": human.pages},
+        "simulated": {"sessions": simulated.sessions, "pages": simulated.pages, "failed_pages": simulated.failed_pages},
+        "distributions": {name: c.as_dict() for name, c in comparisons.items()},
+    }
+
+
+# --- plots ---------------------------------------------------------------------------------------------------
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+LABELS = {"ratings": "rating", "watches_per_page": "watches per page", "pages_per_session": "pages per session",
+          "exit_page": "exit page (0-based)", "genres": "genre of watched items"}
+
+
+def plot_macro(macro: dict[str, Any], out: Path) -> list[Path]:
+    import numpy as np
+
+    plt = _pyplot()
+    paths = []
+    numeric = [n for n in ("ratings", "watches_per_page", "pages_per_session", "exit_page")
+               if n in macro["distributions"]]
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
+    for ax, name in zip(axes.flat, numeric, strict=False):
+        d = macro["distributions"][name]
+        x = np.arange(len(d["support"]))
+        for offset, side, color in ((-0.2, "human", "#4c72b0"), (0.2, "simulated", "#dd8452")):
+            counts = np.asarray(d[side], dtype=float)
+            share = counts / counts.sum() if counts.sum() else counts
+            ax.bar(x + offset, share, width=0.4, label=f"{side} (n={int(counts.sum())})", color=color)
+        ax.set_xticks(x, [str(s) for s in d["support"]])
+        kl = "n/a" if d["kl"] is None else f"{d['kl']:.3f}"
+        w = "n/a" if d["wasserstein"] is None else f"{d['wasserstein']:.3f}"
+        ax.set_title(f"{LABELS[name]}: KL {kl}, W1 {w}", fontsize=10)
+        ax.set_ylabel("share")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{macro['dataset']} / {macro['recommender']}: human vs simulated")
+    fig.tight_layout()
+    paths.append(_save(fig, out / "macro_distributions.png"))
+    d = macro["distributions"].get("genres")
+    if d and d["support"]:
+        fig, ax = plt.subplots(figsize=(10, max(3, 0.3 * len(d["support"]) + 1)))
+        y = np.arange(len(d["support"]))
+        for offset, side, color in ((-0.2, "human", "#4c72b0"), (0.2, "simulated", "#dd8452")):
+            counts = np.asarray(d[side], dtype=float)
+            share = counts / counts.sum() if counts.sum() else counts
+            ax.barh(y + offset, share, height=0.4, label=f"{side} (n={int(counts.sum())})", color=color)
+        ax.set_yticks(y, d["support"])
+        ax.invert_yaxis()
+        kl = "n/a" if d["kl"] is None else f"{d['kl']:.3f}"
+        ax.set_title(f"genres of watched items: KL {kl}")
+        ax.set_xlabel("share")
+        ax.legend()
+        fig.tight_layout()
+        paths.append(_save(fig, out / "macro_genres.png"))
+    return paths
+
+
+def plot_micro(micro: dict[str, Any], out: Path) -> list[Path]:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), sharey=True)
+    for ax, metric in zip(axes, ("accuracy", "precision", "recall", "f1"), strict=True):
+        for policy in micro["policies"]:
+            rows = [r for r in micro["micro"] if r["policy"] == policy and r[metric]["value"] is not None]
+            if not rows:
+                continue
+            errors = [_errors(r[metric]) for r in rows]
+            ax.errorbar([r["ratio"] for r in rows], [r[metric]["value"] for r in rows],
+                        yerr=[[e[0] for e in errors], [e[1] for e in errors]], marker="o", capsize=3, label=policy)
+        ratios = sorted({r["ratio"] for r in micro["micro"]})
+        ax.set_xticks(ratios, [f"1:{r}" for r in ratios])
+        ax.set_title(metric)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("positives : negatives")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{micro['dataset']}: micro metrics, {micro['users']} users, 95% bootstrap intervals")
+    fig.tight_layout()
+    return [_save(fig, out / "micro_metrics.png")]
+
+
+def plot_ranking(ranking: dict[str, Any], out: Path) -> list[Path]:
+    plt = _pyplot()
+    from .compare import OUTCOMES
+
+    offline = f"ndcg@{ranking['k']}"
+    fig, axes = plt.subplots(1, len(OUTCOMES), figsize=(15, 3.8))
+    for ax, outcome in zip(axes, OUTCOMES, strict=True):
+        for row in ranking["rows"]:
+            x, y = row[offline]["value"], row[outcome]["value"]
+            if x is None or y is None:
+                continue
+            low, high = _errors(row[outcome])
+            ax.errorbar([x], [y], yerr=[[low], [high]], marker="o", capsize=3)
+            ax.annotate(row["recommender"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        tau = next(t for t in ranking["tau"] if t["offline"] == offline and t["outcome"] == outcome)
+        value = "n/a" if tau["value"] is None else f"{tau['value']:.2f}"
+        ax.set_title(f"{outcome} (tau {value})", fontsize=10)
+        ax.set_xlabel(f"offline {offline}")
+    fig.suptitle(f"{ranking['dataset']}: simulated outcome vs offline metric per recommender")
+    fig.tight_layout()
+    return [_save(fig, out / "ranking.png")]
+
+
+def _errors(d: dict[str, Any]) -> tuple[float, float]:
+    """Error-bar lengths below and above the value (0 without an interval)."""
+    value = d["value"]
+    low = value - d["lo"] if d.get("lo") is not None else 0.0
+    high = d["hi"] - value if d.get("hi") is not None else 0.0
+    return max(0.0, low), max(0.0, high)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --- sections --------------------------------------------------------------------------------------------------
+
+
+def ci(d: dict[str, Any] | None, digits: int = 3) -> str:
+    if not d or d.get("value") is None:
+        return "n/a"
+    if d.get("lo") is None or d.get("hi") is None:
+        return f"{d['value']:.{digits}f}"
+    return f"{d['value']:.{digits}f} [{d['lo']:.{digits}f}, {d['hi']:.{digits}f}]"
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def macro_section(macro: dict[str, Any], images: list[Image]) -> Section:
+    s = Section("Macro: simulated population vs humans")
+    s.blocks.append(
+        f"Run `{macro['run_id']}` ({macro['run_dir']}): {macro['users']} users of {macro['dataset']}, recommender "
+        f"{macro['recommender']}, policy {macro['policy']}, at most {macro['page_cap']} pages of "
+        f"{macro['items_per_page']} items. Simulated: {macro['simulated']['sessions']} sessions, "
+        f"{macro['simulated']['pages']} decided pages, {macro['simulated']['failed_pages']} failed pages (left "
+        f"out). Human: the rollouts of the same users ({macro['human_source']}), sessions cut at the page cap: "
+        f"{macro['human']['sessions']} sessions, {macro['human']['pages']} pages.")
+    s.blocks.append("KL(human || simulated) in nats with both histograms smoothed by eps = 1e-3; total variation "
+                    "in [0, 1]; W1 = Wasserstein-1 distance in the distribution's unit (numeric ones only).")
+    rows = []
+    for name, d in macro["distributions"].items():
+        rows.append([LABELS[name], str(d["n_human"]), str(d["n_simulated"]), _num(d["mean_human"], 2),
+                     _num(d["mean_simulated"], 2), _num(d["kl"]), _num(d["total_variation"]), _num(d["wasserstein"])])
+    s.blocks.append(Table(["distribution", "n human", "n simulated", "mean human", "mean simulated", "KL", "TV",
+                           "W1"], rows))
+    s.blocks.extend(images)
+    return s
+
+
+def micro_section(micro: dict[str, Any], images: list[Image]) -> Section:
+    s = Section("Micro: preference alignment and ratings")
+    s.blocks.append(
+        f"Eval folder {micro['folder']}: {micro['users']} held-out users of {micro['dataset']}. Each user's "
+        f"held-out items (positives) mixed with items they never interacted with (negatives) at 1:r; the agent "
+        f"decides page by page and a watched item is a predicted positive. Metrics pooled over items; "
+        f"intervals: 95% percentile bootstrap over users, {micro['bootstrap']} draws (seed {micro['seed']}).")
+    rows = [[r["policy"], f"1:{r['ratio']}", str(r["users"]), str(r["items"]), ci(r["accuracy"]), ci(r["precision"]),
+             ci(r["recall"]), ci(r["f1"]), f"{r['failed_pages']} ({r['failed_items']} items)"] for r in micro["micro"]]
+    s.blocks.append(Table(["policy", "ratio", "users", "items", "accuracy", "precision", "recall", "F1",
+                           "failed pages"], rows))
+    if micro.get("deltas"):
+        s.blocks.append("Each policy minus the first, paired on the same users (the interval resamples users once "
+                        "for both policies):")
+        rows = [[f"{d['policy']} - {d['baseline']}", f"1:{d['ratio']}", str(d["users"]),
+                 *(ci(d[m]) for m in ("accuracy", "precision", "recall", "f1"))] for d in micro["deltas"]]
+        s.blocks.append(Table(["difference", "ratio", "users", "accuracy", "precision", "recall", "F1"], rows))
+    if micro["ratings"]:
+        s.blocks.append("Rating prediction: the agent rates held-out items that carry a human rating (one call per "
+                        "user); coverage = items it rated / items asked.")
+        rows = [[r["policy"], str(r["users"]), str(r["asked"]), _num(r["coverage"], 2), ci(r["rmse"]), ci(r["mae"]),
+                 str(r["failed_calls"])] for r in micro["ratings"]]
+        s.blocks.append(Table(["policy", "users", "items asked", "coverage", "RMSE", "MAE", "failed calls"], rows))
+    s.blocks.extend(images)
+    return s
+
+
+def ranking_section(ranking: dict[str, Any], images: list[Image]) -> Section:
+    from .compare import OUTCOMES
+
+    s = Section("Recommender ranking: simulated users vs offline metrics")
+    k = ranking["k"]
+    s.blocks.append(
+        f"Compare folder {ranking['folder']}: the same {ranking['simulated_users']} simulated users against each "
+        f"recommender; offline Recall@{k} / NDCG@{k} over {ranking['offline_users']} test users. watch_rate = "
+        f"watched / shown; mean_rating of watched items; session_length = pages seen; satisfaction = share of "
+        f"pages with a watched item rated 4 or 5. Means over users with 95% bootstrap intervals.")
+    header = ["recommender", *OUTCOMES, f"recall@{k}", f"ndcg@{k}", "failed pages"]
+    rows = [[r["recommender"], *(ci(r[o]) for o in OUTCOMES), ci(r[f"recall@{k}"], 4), ci(r[f"ndcg@{k}"], 4),
+             str(r["failed_pages"])] for r in ranking["rows"]]
+    s.blocks.append(Table(header, rows))
+    s.blocks.append("Ranks (1 = best; ties share the average rank):")
+    names = ranking["recommenders"]
+    s.blocks.append(Table(["by", *names], [[key, *(f"{v:g}" for v in values)]
+                                          for key, values in ranking["ranks"].items()]))
+    s.blocks.append("Kendall tau-b between each offline ranking and each simulated ranking (95% bootstrap interval, "
+                    "simulated and offline users resampled independently):")
+    s.blocks.append(Table(["offline", "outcome", "tau"], [[t["offline"], t["outcome"], ci(t, 2)]
+                                                           for t in ranking["tau"]]))
+    s.blocks.extend(images)
+    return s
+
+
+# --- rendering ------------------------------------------------------------------------------------------------
+
+
+def render_markdown(title: str, sections: list[Section]) -> str:
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Table):
+                lines.append("| " + " | ".join(block.header) + " |")
+                lines.append("| " + " | ".join("---" for _ in block.header) + " |")
+                lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in block.rows]
+            elif isinstance(block, Image):
+                lines.append(f"![{block.alt}]({block.path})")
+            else:
+                lines.append(block)
+            lines.append("")
+    return "\n".join(lines)
+
+
+CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+       "table{border-collapse:collapse;margin:1em 0;font-size:14px}th,td{border:1px solid #ccc;padding:4px 8px;"
+       "text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}"
+       "img{max-width:100%;border:1px solid #eee;margin:0.5em 0}")
+
+
+def render_html(title: str, sections: list[Section], folder: Path) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Table):
+                head = "".join(f"<th>{html.escape(h)}</th>" for h in block.header)
+                body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                               for row in block.rows)
+                parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            elif isinstance(block, Image):
+                data = base64.b64encode((folder / block.path).read_bytes()).decode()
+                parts.append(f"<figure><img alt='{html.escape(block.alt)}' src='data:image/png;base64,{data}'>"
+                             f"</figure>")
+            else:
+                parts.append(f"<p>{html.escape(block)}</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_report(inputs: Inputs, out: Path) -> dict[str, Any]:
+    """Compute each section's numbers from its files, plot, and write report.md, report.html, report.json."""
+    from .compare import summarize_compare
+    from .evaluation import summarize
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    plots = out / "plots"
+    data: dict[str, Any] = {}
+    sections = []
+
+    def images(paths: list[Path]) -> list[Image]:
+        return [Image(str(p.relative_to(out)), p.stem.replace("_", " ")) for p in paths]
+
+    if inputs.run:
+        data["macro"] = macro_summary(inputs.run)
+        sections.append(macro_section(data["macro"], images(plot_macro(data["macro"], plots))))
+    if inputs.eval:
+        data["micro"] = summarize(inputs.eval)
+        if data["micro"]["micro"]:
+            sections.append(micro_section(data["micro"], images(plot_micro(data["micro"], plots))))
+    if inputs.compare:
+        data["ranking"] = summarize_compare(inputs.compare)
+        sections.append(ranking_section(data["ranking"], images(plot_ranking(data["ranking"], plots))))
+    if not sections:
+        raise UserError(f"{out}: nothing to report (the eval folder holds no decisions yet)")
+    name = next((d.get("scenario") for d in data.values() if d.get("scenario")), "") or out.name
+    title = f"alignuser-sim report: {name}"
+    _write(out / "report.md", render_markdown(title, sections))
+    _write(out / "report.html", render_html(title, sections, out))
+    _write(out / "report.json", json.dumps(data, indent=1, default=str))
+    return data
