@@ -33,11 +33,13 @@ app.add_typer(data_app, name="data")
 
 
 def _register_subapps() -> None:
+    from .learn_cli import app as learn_app
     from .llm.cli import app as llm_app
     from .recommenders.cli import app as recommenders_app
 
     app.add_typer(recommenders_app, name="recommenders", help="Recommenders: offline Recall@K / NDCG@K.")
     app.add_typer(llm_app, name="llm", help="The vLLM server and the embedded model.")
+    app.add_typer(learn_app, name="learn")
     from . import eval_cli
 
     app.command("eval")(eval_cli.eval_cmd)

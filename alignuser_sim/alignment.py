@@ -1,0 +1,166 @@
+"""Counterfactual reflection: the human's choice against what the current policy would have done -> lessons.
+
+For one human transition (a page of the persona's rollout and what the human did on it):
+
+1. **Alternatives.** The current policy (the prompt-only persona agent, the one the lessons are meant to
+   correct) decides the same page K times at `learning.counterfactual_temperature`. Its decisions become
+   actions; the ones equal to the human's action, or to an earlier sample, are dropped (equal = same
+   watched items and same exit choice: what the recommender sees). So K bounds the calls, not the result.
+2. **Outcomes.** Each action's next state comes from the real recommender (`worldmodel.true_next_state`):
+   the next page, its dominant genres, and how many of its items the person really went on to consume.
+   (The world model's predictions of the same outcomes are scored in `learning`, not shown here.)
+3. **Reflection.** One structured call shows the page, the human's action and the alternatives with
+   their outcomes, and asks why the human's choice fits this person better: a first-person `reasoning`
+   (kept for the policy's fine-tuning data), what the alternatives get wrong, and 1-3 lessons, each a
+   short general rule tagged with what it is about. Lessons that name a title the prompt showed (the page
+   or a next page) are dropped (they would not carry to another page) and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .agent import ItemView, PageDecision, PersonaAgent, check_decision, page_schema
+from .llm.prompts import build_messages
+from .worldmodel import Action, NextState, State, item_line, short_title
+
+LESSON_MAX = 200
+REASONING_MAX = 300
+LessonTag = Literal["genre", "rating", "exploration", "exit", "popularity", "other"]
+LESSON_TAGS: tuple[str, ...] = LessonTag.__args__  # type: ignore[attr-defined]
+
+REFLECTION_SYSTEM = (
+    "You help a simulated user of a recommender system behave like the real person it stands for. You see "
+    "the person, a page of recommendations, what the real person did on it, and what the simulator "
+    "considered doing instead, each with what the recommender showed next. Explain in the first person, as "
+    "the real person, why the real choice fits you better: your taste, your habits, the context, and what "
+    "the following pages bring. Say what the alternatives get wrong. Then write 1 to 3 lessons: short, "
+    "general rules about how you behave that hold on other pages too (never name a specific title), each "
+    "tagged genre, rating, exploration, exit, popularity or other. Answer with JSON only, in plain ASCII."
+)
+
+
+class Lesson(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(max_length=LESSON_MAX)
+    tag: LessonTag
+
+
+class Reflection(BaseModel):
+    """The reflection call's answer."""
+
+    model_config = ConfigDict(extra="forbid")
+    reasoning: str = Field(max_length=REASONING_MAX)  # first person: why I did what I did
+    mistakes: str = Field(max_length=REASONING_MAX)  # what the alternatives get wrong about me
+    lessons: list[Lesson] = Field(min_length=1, max_length=3)
+
+
+# --- 1. alternatives -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Alternatives:
+    actions: list[Action]
+    samples: int  # calls made (K)
+    failures: list[str] = field(default_factory=list)  # failure kinds of sampling calls
+    same_as_human: int = 0
+    duplicates: int = 0  # equal to an earlier sample
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def sample_seed(seed: int, user_id: str, step: int, j: int) -> int:
+    return zlib.crc32(f"{seed}:cf:{user_id}:{step}:{j}".encode())
+
+
+async def sample_alternatives(llm: Any, agent: PersonaAgent, state: State, human: Action,
+                              views: dict[str, ItemView], k: int, temperature: float, seed: int) -> Alternatives:
+    """K policy decisions on the state's page at `temperature`, as distinct actions unlike the human's."""
+    page = [views.get(i) or ItemView(i, f"item {i}") for i in state.page]
+    messages = agent.messages(state.page_no, page)
+    schema = page_schema([i.item_id for i in page])
+    results = await asyncio.gather(*(
+        llm.call(messages, PageDecision, seed=sample_seed(seed, state.user_id, state.step, j), schema=schema,
+                 sampling={"temperature": temperature})
+        for j in range(k)))
+    out = Alternatives(actions=[], samples=k)
+    seen = {human.key}
+    for result in results:
+        out.prompt_tokens += result.usage.prompt_tokens
+        out.completion_tokens += result.usage.completion_tokens
+        if result.value is None:
+            out.failures.append(result.failure or "unknown")
+            continue
+        decision = check_decision(result.value, page)
+        action = Action.of({i: None if r is None else float(r) for i, r in decision.ratings.items()},
+                           decision.action == "exit")
+        if action.key == human.key:
+            out.same_as_human += 1
+        elif action.key in seen:
+            out.duplicates += 1
+        else:
+            seen.add(action.key)
+            out.actions.append(action)
+    return out
+
+
+# --- 3. reflection ---------------------------------------------------------------------------------------
+
+
+def outcome_text(truth: NextState, views: dict[str, ItemView]) -> str:
+    titles = "; ".join(short_title(views[i]) if i in views else i for i in truth.items)
+    where = "Next page" if truth.continues else "Next visit would start with"
+    genres = ", ".join(truth.genres) or "mixed genres"
+    later = f"{truth.hits} item{'s' if truth.hits != 1 else ''} the person really watched later"
+    return f"{where}: {titles} (mostly {genres}); it holds {later}."
+
+
+def reflection_messages(persona_text: str, state: State, human: Action, human_truth: NextState,
+                        alternatives: Sequence[Action], alternative_truths: Sequence[NextState],
+                        views: dict[str, ItemView]) -> list[dict[str, str]]:
+    """The reflection prompt, static first: system, persona; recent history; the page and the choices."""
+    page = "\n".join(item_line(views[i]) if i in views else f"- id {i}" for i in state.page)
+    alts = "\n".join(f"- {a.describe(views)}.\n  {outcome_text(t, views)}"
+                     for a, t in zip(alternatives, alternative_truths, strict=True))
+    dynamic = (
+        f"Page {state.page_no + 1} of a visit. Recommended items:\n{page}\n\n"
+        f"What the real person did: {human.describe(views)}.\n  {outcome_text(human_truth, views)}\n\n"
+        f"What the simulator considered instead:\n{alts}"
+    )
+    return build_messages(REFLECTION_SYSTEM, dynamic, persona=persona_text, context=[state.recent(views)])
+
+
+def reflection_seed(seed: int, user_id: str, step: int) -> int:
+    return zlib.crc32(f"{seed}:reflect:{user_id}:{step}".encode())
+
+
+_YEAR = re.compile(r"\s*\(\d{4}\)\s*$")
+
+
+def _title_key(title: str) -> str:
+    return " ".join(_YEAR.sub("", title).lower().split())
+
+
+def clean_lessons(reply: Reflection, shown: Sequence[ItemView], min_chars: int = 12) -> tuple[list[Lesson], int]:
+    """The reply's usable lessons and how many were dropped: too short, repeated, or naming the title of an
+    item the prompt showed (titles of 5+ letters: a short one like "Heat" is an ordinary word too)."""
+    titles = [t for t in (_title_key(v.title) for v in shown) if len(t) >= 5]
+    kept: list[Lesson] = []
+    seen: set[str] = set()
+    dropped = 0
+    for lesson in reply.lessons:
+        text = " ".join(lesson.text.split())
+        low = text.lower()
+        if len(text) < min_chars or low in seen or any(t in low for t in titles):
+            dropped += 1
+            continue
+        seen.add(low)
+        kept.append(Lesson(text=text, tag=lesson.tag))
+    return kept, dropped

@@ -1,0 +1,161 @@
+"""Fine-tuning data from learning: chat JSONL in the "messages" format (OpenAI fine-tuning, TRL's SFTTrainer).
+
+Two files, each line `{"messages": [system, user, assistant]}` with the assistant turn a JSON reply in the
+exact schema the simulator asks for at run time, so a model trained on it answers the same prompts:
+
+- `worldmodel_sft.jsonl` (world-model pretraining): state + action -> next state. The prompt is the
+  world-model prompt of one action without in-context examples; the reply is the TRUE next state from the
+  recommender. No LLM is involved, so every human page of the population's training rollouts gives one
+  example (`--max-pages` caps them per persona), plus every counterfactual action learning sampled.
+- `policy_sft.jsonl` (policy learning): state + persona -> reasoning + human action. The prompt is the
+  persona agent's own prompt (prompt-only: what was learned is meant to go into the weights); the reply is
+  the human's decision on the page as a `PageDecision`, its `thought` the first-person reasoning that
+  reflection wrote for that transition. Only reflected transitions have one, so only they are exported.
+
+A README.md beside them says how to train a LoRA adapter and serve it with vLLM (`--enable-lora
+--lora-modules NAME=ADAPTER`); see docs/learning.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .agent import THOUGHT_MAX, ItemDecision, ItemView, PageDecision, PersonaAgent
+from .config import Scenario
+from .errors import UserError
+from .worldmodel import Action, NextState, candidate_items, prediction_messages, truth_reply
+
+WORLD_MODEL_FILE = "worldmodel_sft.jsonl"
+POLICY_FILE = "policy_sft.jsonl"
+
+README = """# Fine-tuning data ({scenario})
+
+- `{wm}`: {wm_n} examples, world-model pretraining (state + action -> true next state).
+- `{policy}`: {policy_n} examples, policy learning (persona + page -> reasoning + the human's decision).
+
+Each line is `{{"messages": [{{"role": "system", ...}}, {{"role": "user", ...}}, {{"role": "assistant", ...}}]}}`.
+
+Train a LoRA adapter (TRL):
+
+```python
+from datasets import load_dataset
+from peft import LoraConfig
+from trl import SFTConfig, SFTTrainer
+
+data = load_dataset("json", data_files="{policy}", split="train")
+trainer = SFTTrainer(model="BASE_MODEL", train_dataset=data,
+                     args=SFTConfig(output_dir="adapter"),
+                     peft_config=LoraConfig(r=16, target_modules="all-linear"))
+trainer.train()
+trainer.save_model("adapter")
+```
+
+Serve it with vLLM next to the base model, and point the scenario at the adapter's name:
+
+```bash
+alignuser-sim llm serve --model BASE_MODEL --served-model-name base -- \\
+    --enable-lora --lora-modules alignuser=adapter --max-lora-rank 16
+# scenario: llm: {{endpoints: [http://127.0.0.1:PORT/v1], model: alignuser}}
+```
+"""
+
+
+def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _chat(messages: list[dict[str, str]], reply: str) -> dict[str, Any]:
+    return {"messages": [*messages, {"role": "assistant", "content": reply}]}
+
+
+def _thought(reasoning: str) -> str:
+    text = " ".join(reasoning.split())
+    if len(text) <= THOUGHT_MAX:
+        return text
+    cut = text[:THOUGHT_MAX]
+    return cut[: cut.rfind(" ")] if " " in cut else cut
+
+
+def _rating(value: float | None) -> int | None:
+    if value is None:
+        return None
+    rating = int(round(value))
+    return rating if 1 <= rating <= 5 else None
+
+
+def human_decision(page: list[str], action: Action, thought: str) -> PageDecision:
+    """The human's action on a page as the reply the persona agent is asked for."""
+    watched = dict(action.watched)
+    items = {i: ItemDecision(watch=i in watched, rating=_rating(watched.get(i)) if i in watched else None,
+                             feeling="") for i in page}
+    return PageDecision(thought=thought, items=items, action="exit" if action.exit else "next_page")
+
+
+def export_sft(scenario: Scenario, out_dir: Path | None = None, max_pages: int | None = None,
+               users_limit: int | None = None) -> dict[str, Any]:
+    """Write the two JSONL files (and a README) from the scenario's learning folder; returns their counts."""
+    from dataclasses import replace
+
+    from .learning import Journal, load_tastes, prepare
+
+    folder = scenario.learning_dir()
+    if not (folder / "journal.jsonl").is_file():
+        raise UserError(f"{folder}: no learning journal; run `alignuser-sim learn SCENARIO` first")
+    out_dir = Path(out_dir) if out_dir is not None else folder / "sft"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = prepare(scenario, users_limit)
+    journal = Journal(folder, write=False)
+    tastes = load_tastes(folder, inputs.users)
+    personas = {u: replace(p, taste=tastes[u]) if not p.taste and tastes.get(u) else p
+                for u, p in inputs.personas.items()}
+    views, k = inputs.views, inputs.k
+
+    wm_rows: list[dict[str, Any]] = []
+    for uid in inputs.users:
+        text = personas[uid].describe()
+        steps = range(len(inputs.steps[uid]))
+        if max_pages is not None and len(steps) > max_pages:
+            rng = np.random.default_rng([scenario.seed & 0xFFFFFFFF, zlib.crc32(uid.encode()), 202])
+            steps = sorted(int(s) for s in rng.choice(len(steps), size=max_pages, replace=False))
+        pairs: list[tuple[int, Action, NextState | None]] = [(s, inputs.human_action(uid, s), None) for s in steps]
+        for s in range(len(inputs.steps[uid])):
+            record = journal.get("counterfactuals", uid, s)
+            if record is not None:
+                pairs += [(s, Action.from_dict(a), NextState.from_dict(t))
+                          for a, t in zip(record["actions"][1:], record["truths"][1:], strict=True)]
+        for s, action, truth in pairs:
+            state = inputs.state(uid, s)
+            truth = truth if truth is not None and truth.near else inputs.truth(state, action, near=k)
+            candidates = candidate_items([truth], state, k, inputs.catalogue_ids, scenario.seed)
+            messages = prediction_messages(text, state, [action], candidates, k, views)
+            wm_rows.append(_chat(messages, truth_reply([truth], candidates).model_dump_json()))
+
+    policy_rows: list[dict[str, Any]] = []
+    for record in journal.of_kind("reflection"):
+        uid, s = record["user_id"], record["step"]
+        if uid not in personas or not record.get("reasoning") or s >= len(inputs.steps[uid]):
+            continue
+        state = inputs.state(uid, s)
+        history = [(views[i].title if i in views else i, _rating(r)) for i, r in state.history]
+        agent = PersonaAgent(personas[uid], seed=scenario.seed, history=history[-5:])
+        page = [views.get(i) or ItemView(i, f"item {i}") for i in state.page]
+        decision = human_decision(state.page, inputs.human_action(uid, s), _thought(record["reasoning"]))
+        policy_rows.append(_chat(agent.messages(state.page_no, page), decision.model_dump_json()))
+
+    _jsonl(out_dir / WORLD_MODEL_FILE, wm_rows)
+    _jsonl(out_dir / POLICY_FILE, policy_rows)
+    readme = out_dir / "README.md"
+    readme.write_text(README.format(scenario=scenario.name, wm=WORLD_MODEL_FILE, policy=POLICY_FILE,
+                                    wm_n=len(wm_rows), policy_n=len(policy_rows)))
+    return {"files": {str(out_dir / WORLD_MODEL_FILE): len(wm_rows), str(out_dir / POLICY_FILE): len(policy_rows)},
+            "readme": str(readme)}

@@ -1,0 +1,234 @@
+"""`alignuser-sim learn ...`: AlignUSER learning from the human rollouts.
+
+    alignuser-sim learn SCENARIO               taste, counterfactuals, world model, reflection -> lessons
+    alignuser-sim learn worldmodel SCENARIO    next-state accuracy without / with in-context examples
+    alignuser-sim learn export SCENARIO        chat JSONL for fine-tuning (world model, policy)
+
+`learn SCENARIO` is the group's default command (`learn run SCENARIO` is the same): the group treats a first
+argument that is not one of its commands as the scenario of `run`. When the scenario names no
+`llm.endpoints`, the embedded vLLM server is started for the command (its log: LEARNING_DIR/vllm.log).
+Heavy modules are imported inside the commands, so `alignuser-sim --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+from typer.core import TyperGroup
+
+from .errors import UserError
+
+out = Console()
+err = Console(stderr=True)
+
+
+class _DefaultRun(TyperGroup):
+    """A group whose unknown first argument (or a first option other than --help) belongs to `run`."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_DefaultRun,
+    help="AlignUSER learning: `learn SCENARIO` (lessons), `learn worldmodel SCENARIO`, `learn export SCENARIO`.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+SCENARIO_ARG = typer.Argument(..., help="Scenario YAML", metavar="SCENARIO")
+USERS_OPT = typer.Option(None, "--users", min=1, help="Only the first N users of the population (quick runs).")
+FOLDER_OPT = typer.Option(None, "--folder", help="Learning folder (default: the scenario's learning.folder or "
+                                                 "OUTPUT_DIR/NAME/learning).")
+
+
+def _scenario(path: Path, folder: Path | None, llm: bool = True):
+    """The scenario; its named endpoints are checked first (before minutes of data preparation)."""
+    from .config import load_scenario
+
+    scenario = load_scenario(path)
+    if folder is not None:
+        scenario.learning.folder = folder
+    if llm and scenario.llm.endpoints:
+        _check_endpoints(scenario.llm.endpoints)
+    return scenario
+
+
+def _check_endpoints(endpoints: list[str]) -> None:
+    import httpx
+
+    for url in endpoints:
+        try:
+            httpx.get(url.rstrip("/") + "/models", timeout=10)
+        except httpx.HTTPError as exc:
+            raise UserError(f"llm.endpoints: {url}: not reachable ({type(exc).__name__})") from None
+
+
+@contextlib.contextmanager
+def _llm(scenario: Any, folder: Path) -> Iterator[Any]:
+    """The scenario's LLM client; the embedded vLLM server runs for the block when no endpoint is named."""
+    from .llm.client import LLMClient
+    from .llm.launcher import LauncherError, embedded_endpoints
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if not scenario.llm.endpoints:
+        err.print(f"starting the embedded vLLM server (about 40 s on 2 CPU cores); log {folder / 'vllm.log'}")
+    try:
+        with embedded_endpoints(scenario.llm, log_path=folder / "vllm.log") as endpoints:
+            client = LLMClient.from_config(scenario.llm, endpoints=endpoints, run_dir=folder)
+            try:
+                yield client
+            finally:
+                client.close()
+    except LauncherError as exc:
+        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _run_with_bar(label: str, make_coro: Any, folder: Path) -> dict[str, Any]:
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("LLM calls {task.fields[calls]:,} ({task.fields[failed]:,} failed)"),
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as bar:
+        task = bar.add_task(label, total=None, calls=0, failed=0)
+
+        def on_progress(done: int, total: int, llm: dict[str, Any]) -> None:
+            bar.update(task, completed=done, total=total, calls=llm.get("calls", 0), failed=llm.get("failed", 0))
+
+        try:
+            return asyncio.run(make_coro(on_progress))
+        except KeyboardInterrupt:
+            print(f"interrupted: {folder} keeps what was done; run the same command again to go on",
+                  file=sys.stderr)
+            raise typer.Exit(130) from None
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.3f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def _summary_table(summary: dict[str, Any]) -> Table:
+    table = Table(title="learning", header_style="bold")
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key in ("personas", "transitions", "transitions_this_run", "llm_calls_this_run", "llm_requests_this_run",
+                "cache_hits_this_run", "calls_per_persona_this_run", "wall_s", "tastes_written",
+                "alternatives_sampled", "alternatives_distinct", "alternatives_same_as_human", "reflections_skipped",
+                "lessons_raw", "lessons_dropped", "lessons_written", "embedder"):
+        table.add_row(key.replace("_", " "), _fmt(summary[key]))
+    failures = summary["failures"]
+    table.add_row("failures", ", ".join(f"{k}: {v}" for k, v in failures.items()) if failures else "0")
+    return table
+
+
+def _scores_table(title: str, rows: dict[str, dict[str, Any]]) -> Table:
+    from .worldmodel import SCORE_KEYS
+
+    table = Table(title=title, header_style="bold")
+    table.add_column("")
+    for column in ("n", "failed", *SCORE_KEYS):
+        table.add_column(column.replace("_", " "), justify="right")
+    for name, scores in rows.items():
+        table.add_row(name, *(_fmt(scores[c]) for c in ("n", "failed", *SCORE_KEYS)))
+    return table
+
+
+@app.command("run")
+def run(
+    scenario_file: Path = SCENARIO_ARG,
+    users: int | None = USERS_OPT,
+    folder: Path | None = FOLDER_OPT,
+) -> None:
+    """Learn the population's lessons: taste, counterfactuals, world model, reflection (resumable)."""
+    from .learning import prepare, run_learning
+
+    scenario = _scenario(scenario_file, folder)
+    with err.status("loading data, replaying the training split, fitting the recommender"):
+        inputs = prepare(scenario, users)
+    where = scenario.learning_dir()
+    with _llm(scenario, where) as llm:
+        summary = _run_with_bar(f"learning {len(inputs.users):,} personas",
+                                lambda cb: run_learning(inputs, llm, where, on_progress=cb), where)
+    out.print(_summary_table(summary))
+    out.print(_scores_table("world model (with examples), next-state accuracy", {
+        "human actions": summary["worldmodel_human"], "counterfactual actions": summary["worldmodel_alternatives"]}))
+    out.print(f"learning folder: {where}")
+
+
+@app.command("worldmodel")
+def worldmodel(
+    scenario_file: Path = SCENARIO_ARG,
+    users: int | None = USERS_OPT,
+    examples: int | None = typer.Option(None, "--examples", min=1,
+                                        help="In-context examples (default: learning.world_model_examples)."),
+    folder: Path | None = FOLDER_OPT,
+) -> None:
+    """Next-state accuracy of the world model on the human transitions, without and with examples."""
+    from .learning import prepare, run_world_model_eval
+
+    scenario = _scenario(scenario_file, folder)
+    n = examples if examples is not None else scenario.learning.world_model_examples
+    if n < 1:
+        raise UserError("learning.world_model_examples: is 0; give --examples N to compare with examples")
+    with err.status("loading data, replaying the training split, fitting the recommender"):
+        inputs = prepare(scenario, users)
+    where = scenario.learning_dir()
+    with _llm(scenario, where) as llm:
+        summary = _run_with_bar("world model", lambda cb: run_world_model_eval(inputs, llm, n, where, on_progress=cb),
+                                where)
+    scores = summary["scores"]
+    out.print(_scores_table(f"world model: next-state accuracy ({summary['personas']} personas)", {
+        "without examples": scores[0], f"with up to {n} examples": scores[n]}))
+    calls = summary["llm"].get("calls", 0)
+    out.print(f"LLM calls {calls:,} in {summary['wall_s']:.1f}s; written: {where / 'worldmodel_eval.json'}")
+
+
+@app.command("export")
+def export(
+    scenario_file: Path = SCENARIO_ARG,
+    out_dir: Path | None = typer.Option(None, "--out", help="Output folder (default: LEARNING_DIR/sft)."),
+    max_pages: int | None = typer.Option(None, "--max-pages", min=1,
+                                         help="World-model examples: at most N human pages per persona."),
+    users: int | None = USERS_OPT,
+    folder: Path | None = FOLDER_OPT,
+) -> None:
+    """Chat JSONL for fine-tuning: world-model pretraining and policy learning ("messages" format)."""
+    from .finetune import export_sft
+
+    scenario = _scenario(scenario_file, folder, llm=False)
+    result = export_sft(scenario, out_dir, max_pages=max_pages, users_limit=users)
+    table = Table(title="fine-tuning data", header_style="bold")
+    table.add_column("file")
+    table.add_column("examples", justify="right")
+    for path, count in result["files"].items():
+        table.add_row(path, f"{count:,}")
+    out.print(table)
+    out.print(f"serve a LoRA trained on it: vllm serve BASE --enable-lora --lora-modules alignuser=ADAPTER_DIR "
+              f"(see {result['readme']})")

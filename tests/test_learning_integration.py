@@ -1,0 +1,85 @@
+"""`alignuser-sim learn` on three ML-100K users against the REAL vLLM server (SmolLM2-135M): ~14 LLM calls."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from alignuser_sim.config import load_scenario
+from alignuser_sim.data import load_dataset
+from alignuser_sim.personas import build_personas
+from alignuser_sim.policy import PolicySetup
+from alignuser_sim.simulation import Catalogue
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+ALIGNUSER_SIM = str(Path(sys.executable).parent / "alignuser-sim")
+WIDE = {**os.environ, "COLUMNS": "200"}  # tables unwrapped
+
+
+def test_learn_on_three_users_against_vllm(vllm_server, tmp_path):
+    path = tmp_path / "learn.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "learn-it", "seed": 13, "dataset": {"name": "ml-100k"}, "population": {"size": 3},
+        "recommender": {"algorithm": "mf"},
+        "llm": {"endpoints": [vllm_server.base_url], "model": "smollm2", "concurrency": 8, "cache": "off"},
+        # per persona: 1 taste + 1 counterfactual sample + 1 world-model call + at most 1 reflection
+        "learning": {"transitions_per_persona": 1, "counterfactuals_per_step": 1, "world_model_examples": 1,
+                     "embedder": "lexical"},
+        "policy": "alignuser",
+        "output_dir": str(tmp_path),
+    }))
+    result = subprocess.run([ALIGNUSER_SIM, "learn", str(path)], capture_output=True, text=True, timeout=800,
+                            env=WIDE)
+    print(result.stdout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lessons written" in result.stdout and "world model" in result.stdout
+
+    scenario = load_scenario(path)
+    folder = scenario.learning_dir()
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["personas"] == 3 and summary["transitions"] == 3
+    assert 6 <= summary["llm_calls_this_run"] <= 12 and summary["llm_requests_this_run"] >= 6
+    # a real model's answers: usable, or failures that were counted (never a crash)
+    wm = summary["worldmodel_human"]
+    assert wm["n"] + wm["failed"] == 3
+    if wm["n"]:
+        assert 0.0 <= wm["item_jaccard"] <= 1.0 and 0.0 <= wm["continue_accuracy"] <= 1.0
+    reflections = pq.read_table(folder / "reflections.parquet").to_pylist()
+    assert len(reflections) == 3
+    lessons = pq.read_table(folder / "lessons.parquet").to_pylist()
+    reflected = [r for r in reflections if not r["skipped"]]
+    assert lessons or summary["failures"] or all(not r["lessons"] for r in reflected)
+    assert summary["lessons_written"] == len(lessons)
+    for row in lessons:
+        assert 0 < len(row["text"]) <= 200 and row["tag"] in ("genre", "rating", "exploration", "exit",
+                                                               "popularity", "other")
+    transitions = pq.read_table(folder / "transitions.parquet").to_pylist()
+    assert {r["action_id"] for r in transitions} >= {"human"} and all(len(r["next_items"]) == 4 for r in transitions)
+
+    # the learned folder drives the simulation's agents
+    ds = load_dataset(scenario.dataset)
+    users = sorted({r["user_id"] for r in transitions})
+    setup = PolicySetup.for_scenario(scenario, users)
+    persona = build_personas(ds, [users[0]])[0]
+    page = Catalogue(ds.items).page(next(r["items"] for r in transitions if r["user_id"] == users[0]))
+    user_prompt = setup.agent(persona).messages(0, page)[1]["content"]
+    assert "How this recommender reacts to what you do:" in user_prompt  # world-model hints, always there
+    mine = [r["text"] for r in lessons if r["user_id"] == users[0]]
+    if mine:
+        assert "Lessons about how you really behave:" in user_prompt and any(t in user_prompt for t in mine)
+
+    # next-state accuracy without / with examples, on one user: 2 calls
+    result = subprocess.run([ALIGNUSER_SIM, "learn", "worldmodel", str(path), "--users", "1"],
+                            capture_output=True, text=True, timeout=600, env=WIDE)
+    print(result.stdout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "without examples" in result.stdout and "with up to 1 examples" in result.stdout
+    evaluation = json.loads((folder / "worldmodel_eval.json").read_text())
+    assert evaluation["llm"]["calls"] == 2
+    for scores in evaluation["scores"].values():
+        assert scores["n"] + scores["failed"] == 1
