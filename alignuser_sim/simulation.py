@@ -3,17 +3,20 @@
 Three roles, each a plain object here and a thin actor in `actors/`:
 
 - a **shard** (`ShardCore`) hosts many persona agents and one LLM client; given a batch of pages it runs
-  its agents' decisions concurrently (bounded by the client's semaphore) and returns events;
+  its agents' decisions concurrently (bounded by the client's semaphore) and hands each decision back as
+  soon as it is made (`decide_stream`), in chunks of whatever finished together;
 - a **recommender** serves pages in batches and takes feedback (`alignuser_sim.recommenders`);
 - the **driver** (`Driver`) runs every shard's agents page by page until each agent exits or reaches
   the page cap, writes events (idempotent on their key), feeds back to the recommender and aggregates
   macro statistics as it goes.
 
-Each shard's agents are split into a few groups, each with its own loop in the driver (no global barrier):
-a group waits for its slowest decision before its next page, so several groups per shard keep the LLM
-server busy through those tails, while each group still gets its pages in one batched recommender call.
-A page served to an agent is remembered until its decision is logged, so a retried batch (a shard that
-died mid-page) is decided on the same page, and the recommender sees each page's feedback exactly once.
+Agents are pipelined: an agent asks for its next page as soon as its decision is logged and fed back, so
+one slow decision holds up nobody else (a group that waited for its slowest member kept a CPU vLLM
+server at two thirds of its throughput). Calls stay batched: agents that come back within a few
+milliseconds of each other (`batch_window_s`) get their pages in one recommender call and go to their
+shard in one decide call, and decisions come back in chunks. A page served to an agent is remembered until
+its decision is logged, so a retried request (a shard that died mid-page) is decided on the same page, and
+the recommender sees each page's feedback exactly once, before that agent's next page is served.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -41,6 +44,27 @@ class PageRequest:
     session: int
     page: int
     items: tuple[str, ...]
+
+
+async def as_completed_chunks(aws: Iterable[Awaitable[Any]], max_chunk: int = 512) -> AsyncIterator[list[Any]]:
+    """Run the awaitables concurrently; yield their results in completion order, in lists of whatever has
+    finished since the last yield (at most `max_chunk`), so a caller can batch its follow-up work without
+    waiting for the slowest. The first exception cancels the rest and propagates."""
+    queue: asyncio.Queue[asyncio.Task[Any]] = asyncio.Queue()
+    tasks = [asyncio.ensure_future(a) for a in aws]
+    for task in tasks:
+        task.add_done_callback(queue.put_nowait)
+    left = len(tasks)
+    try:
+        while left:
+            chunk = [await queue.get()]
+            while len(chunk) < max_chunk and not queue.empty():
+                chunk.append(queue.get_nowait())
+            left -= len(chunk)
+            yield [task.result() for task in chunk]
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 class Catalogue:
@@ -82,6 +106,11 @@ class ShardCore:
 
     async def decide(self, requests: list[PageRequest]) -> list[Event]:
         return list(await asyncio.gather(*(self._decide_one(r) for r in requests)))
+
+    async def decide_stream(self, requests: list[PageRequest], max_chunk: int = 512) -> AsyncIterator[list[Event]]:
+        """The same decisions, each handed back as soon as it is made (in chunks of what finished together)."""
+        async for chunk in as_completed_chunks((self._decide_one(r) for r in requests), max_chunk):
+            yield chunk
 
     async def _decide_one(self, request: PageRequest) -> Event:
         agent = self.agents[request.agent_id]
@@ -165,7 +194,12 @@ class AgentProgress:
 
 @dataclass
 class Driver:
-    """Runs shards page by page. `decide(shard_index, requests)` reaches a shard (in-process or actor)."""
+    """Runs shards' agents, each page by page, pipelined (see the module docstring).
+
+    `decide(shard_index, requests)` reaches a shard (in-process or actor) and returns all their events;
+    `decide_stream(shard_index, requests)`, when given, returns them as they are made (an async iterator of
+    event lists): give it when a call is costly (a Ray actor call). Without it the driver calls `decide`
+    once per request, concurrently, so each agent still moves on by itself."""
 
     shards: dict[int, list[str]]  # shard index -> its agents' ids
     decide: Callable[[int, list[PageRequest]], Awaitable[list[Event]]]
@@ -176,9 +210,9 @@ class Driver:
     stats: MacroStats = field(default_factory=MacroStats)
     progress: dict[str, AgentProgress] = field(default_factory=dict)
     on_events: Callable[[list[Event]], None] | None = None
-    max_batch: int = 4096
-    max_groups_per_shard: int = 8
-    agents_per_group: int = 200
+    decide_stream: Callable[[int, list[PageRequest]], AsyncIterator[list[Event]]] | None = None
+    max_batch: int = 4096  # agents per recommender / decide call
+    batch_window_s: float = 0.002  # how long agents coming back are gathered into one batch
 
     def __post_init__(self) -> None:
         for ids in self.shards.values():
@@ -210,40 +244,85 @@ class Driver:
         return sum(p.done for p in self.progress.values())
 
     async def run(self) -> MacroStats:
-        loops = []
-        for shard, ids in self.shards.items():
-            # at least 2 groups (tails), about `agents_per_group` each: every group round costs a few Ray
-            # calls, which is noise next to an LLM call but not next to a cached one
-            n = max(1, min(len(ids), max(2, min(self.max_groups_per_shard, len(ids) // self.agents_per_group))))
-            loops += [self._run_group(shard, ids[g::n]) for g in range(n)]
-        await asyncio.gather(*loops)
+        await asyncio.gather(*(self._run_shard(shard, ids) for shard, ids in self.shards.items()))
         return self.stats
 
-    async def _run_group(self, shard: int, agent_ids: list[str]) -> None:
-        while True:
-            active = [a for a in agent_ids if not self.progress[a].done][: self.max_batch]
-            if not active:
-                return
-            need = [a for a in active if a not in self._pending]
-            if need:
-                served = await self.recommender.pages(need, self.items_per_page)
-                for agent_id in need:
-                    p = self.progress[agent_id]
-                    self._pending[agent_id] = PageRequest(agent_id, p.session, p.page, tuple(served[agent_id]))
-            requests = [self._pending[a] for a in active]
-            empty = [r for r in requests if not r.items]
-            for r in empty:  # nothing left to recommend: the session ends without a decision
-                self.progress[r.agent_id].done = True
-                self._pending.pop(r.agent_id, None)
-            requests = [r for r in requests if r.items]
-            if not requests:
-                continue
-            events = await self.decide(shard, requests)
+    async def _run_shard(self, shard: int, agent_ids: list[str]) -> None:
+        """One shard's feeder: agents ready for a page wait on `ready`; each batch of them gets its pages and
+        goes to the shard as one decide stream, which puts each agent back on `ready` once it is logged."""
+        ready: asyncio.Queue[Any] = asyncio.Queue()
+        for agent_id in agent_ids:
+            if not self.progress[agent_id].done:
+                ready.put_nowait(agent_id)
+        streams: set[asyncio.Task[None]] = set()
+        try:
+            while streams or not ready.empty():
+                batch: list[str] = []
+                self._take(await ready.get(), batch, streams)
+                if streams and self.batch_window_s:  # others are about to come back: one call for all
+                    await asyncio.sleep(self.batch_window_s)
+                while not ready.empty() and len(batch) < self.max_batch:
+                    self._take(ready.get_nowait(), batch, streams)
+                if not batch:
+                    continue
+                requests = await self._serve(batch)
+                if requests:
+                    task = asyncio.create_task(self._decide_and_log(shard, requests, ready))
+                    task.add_done_callback(ready.put_nowait)  # the ended stream itself is a message
+                    streams.add(task)
+        finally:
+            for task in streams:
+                task.cancel()
+
+    @staticmethod
+    def _take(message: Any, batch: list[str], streams: set[asyncio.Task[None]]) -> None:
+        if isinstance(message, asyncio.Task):
+            streams.discard(message)
+            message.result()  # a stream that failed fails the run
+        else:
+            batch.append(message)
+
+    async def _serve(self, agent_ids: list[str]) -> list[PageRequest]:
+        """Pages for agents that have none pending (one recommender call); an agent with nothing left to
+        recommend ends its session without a decision."""
+        need = [a for a in agent_ids if a not in self._pending]
+        if need:
+            served = await self.recommender.pages(need, self.items_per_page)
+            for agent_id in need:
+                p = self.progress[agent_id]
+                self._pending[agent_id] = PageRequest(agent_id, p.session, p.page, tuple(served[agent_id]))
+        requests = []
+        for agent_id in agent_ids:
+            request = self._pending[agent_id]
+            if request.items:
+                requests.append(request)
+            else:
+                self.progress[agent_id].done = True
+                del self._pending[agent_id]
+        return requests
+
+    async def _decide_and_log(self, shard: int, requests: list[PageRequest], ready: asyncio.Queue[Any]) -> None:
+        waiting = {r.agent_id for r in requests}
+        async for events in self._stream(shard, requests):
             fresh = self.event_log.append(events)
             for event in events:
                 self._pending.pop(event.agent_id, None)
+                waiting.discard(event.agent_id)
             for event in fresh:
                 self._advance(event)
-            await self.recommender.feedback([feedback_of(e) for e in fresh])
             if self.on_events is not None:
                 self.on_events(fresh)
+            await self.recommender.feedback([feedback_of(e) for e in fresh])  # before their next pages
+            for event in events:
+                if not self.progress[event.agent_id].done:
+                    ready.put_nowait(event.agent_id)
+        if waiting:
+            raise RuntimeError(f"shard {shard} returned no decision for {len(waiting)} of its requests")
+
+    async def _stream(self, shard: int, requests: list[PageRequest]) -> AsyncIterator[list[Event]]:
+        if self.decide_stream is not None:
+            async for events in self.decide_stream(shard, requests):
+                yield events
+            return
+        async for chunks in as_completed_chunks(self.decide(shard, [r]) for r in requests):
+            yield [event for chunk in chunks for event in chunk]
