@@ -82,7 +82,7 @@ def simulate(scenario: Scenario, out: Path, *, n_shards: int | None = None, serv
         "failures": summary["failures"], "elapsed_s": summary["elapsed_s"],
         "prompt_tokens": summary["prompt_tokens"], "completion_tokens": summary["completion_tokens"],
         "latency_p50_s": summary["latency_p50_s"], "latency_p99_s": summary["latency_p99_s"],
-        "startup_s": summary.get("startup_s"),
+        "startup_s": summary.get("startup_s"), "shard_restarts": summary.get("shard_restarts", 0),
         "cpu_s": round(framework_cpu, 2),
         "cpu_ms_per_agent": round(framework_cpu / plan.agents * 1000, 3),
         "cpu_ms_per_decision": round(framework_cpu / max(1, summary["decisions"]) * 1000, 3),

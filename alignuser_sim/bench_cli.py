@@ -93,12 +93,12 @@ def scale(
     _init_ray(num_cpus)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as work:
-        for n in sizes:
+        for i, n in enumerate(sizes):
             err.print(f"[bold]{n:,} agents[/bold] against the fake server (latency {latency:g} s, jitter {jitter:g})")
             with FakeServer(latency_s=latency, jitter=jitter) as server:
                 scenario = scale_scenario(n, pages, server.base_url, Path(work), concurrency=concurrency,
                                           dataset=dataset, model="fake")
-                _, row = simulate(scenario, Path(work) / f"run-{n}", server_pid=server.pid, console=err)
+                _, row = simulate(scenario, Path(work) / f"run-{i}-{n}", server_pid=server.pid, console=err)
                 row["server_requests"] = server.stats()["requests"]
             row["server_cpu_s"] = row["cpu_by_process"].get("llm_server")
             row["source"] = "fake"
