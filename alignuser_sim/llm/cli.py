@@ -121,6 +121,9 @@ def serve(
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    # a process started in the background by a non-interactive shell inherits SIGINT ignored (Python then
+    # installs no Ctrl-C handler); `serve` promises that Ctrl-C stops it, so take SIGINT explicitly
+    previous_sigint = signal.signal(signal.SIGINT, on_sigterm)
     try:
         server.start()
         err.print(f"starting vLLM ({server.device}, dtype {server.dtype}) for {server.served_model_name!r}: "
@@ -138,13 +141,13 @@ def serve(
         err.print("stopping vLLM")
     finally:
         # a second Ctrl-C or SIGTERM must not interrupt the shutdown itself
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         try:
             server.stop()
         finally:
             signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGINT, previous_sigint)
     err.print("stopped")
 
 
