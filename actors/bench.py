@@ -43,21 +43,35 @@ def scale_scenario(agents: int, pages: int, endpoint: str, out: Path, *, concurr
     })
 
 
+def descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat[stat.rfind(")") + 2:].split()[1])
+        if pid == ancestor:
+            return True
+    return False
+
+
 def simulate(scenario: Scenario, out: Path, *, n_shards: int | None = None, server_pid: int | None = None,
              cache_path: str | None = None, console: Console | None = None) -> tuple[RunPlan, dict[str, Any]]:
-    """One run on the Ray cluster this process is connected to (or a local one); returns the plan and a
-    benchmark row."""
+    """One run on a local Ray cluster started by this process (the actors measured are its descendants: other
+    Ray instances on the machine are left out); returns the plan and a benchmark row."""
     from .launch import run_on_ray
 
     def classify(pid: int, cmdline: str) -> str | None:
         if pid == server_pid:
             return "llm_server"
-        if pid in earlier:  # a previous run's actor still shutting down
+        if pid in earlier or not descends_from(pid, me):  # a previous run's actor, or another Ray on the machine
             return None
         for prefix, group in ACTOR_GROUPS:
             if cmdline.startswith(prefix):
                 return group
         return None
+
+    me = os.getpid()  # the local Ray this process started: its raylet, and so every actor, descends from here
 
     earlier: set[int] = set()
     before = ProcessSampler(lambda pid, cmd: "old" if cmd.startswith(tuple(p for p, _ in ACTOR_GROUPS)) else None)
