@@ -8,9 +8,13 @@ stdout as tables.
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import typer
@@ -19,7 +23,7 @@ from rich.table import Table
 
 from . import __version__
 from .config import Scenario, load_scenario
-from .errors import UserError
+from .errors import Terminated, UserError
 
 app = typer.Typer(
     name="alignuser-sim",
@@ -277,22 +281,61 @@ def run(
     _simulate(scenario, out_dir, resume, address, num_cpus)
 
 
+_terminated: list[int] = []  # the SIGTERMs taken by the handler of `install_sigterm_handler`
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    _terminated.append(signum)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM kills at once
+    raise Terminated()
+
+
+def install_sigterm_handler() -> Callable[[], None]:
+    """Make SIGTERM raise `Terminated` (a KeyboardInterrupt) in the main thread, so it takes every Ctrl-C
+    path: journals are flushed and servers stopped by their context managers. Only when SIGTERM has its
+    default action (an embedding program's own handler is kept). Returns a function restoring it."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return lambda: None
+    _terminated.clear()
+    signal.signal(signal.SIGTERM, _raise_terminated)
+
+    def restore() -> None:
+        if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    return restore
+
+
+def _exit_interrupted() -> NoReturn:
+    if _terminated:
+        print("terminated", file=sys.stderr)
+        sys.exit(Terminated.exit_code)
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)
+
+
 def main() -> None:
+    restore = install_sigterm_handler()
     try:
-        code = app(standalone_mode=False)
-    except UserError as exc:
-        print(str(exc), file=sys.stderr)
-        sys.exit(exc.exit_code)
-    except click.exceptions.UsageError as exc:
-        exc.show()
-        sys.exit(2)
-    except click.exceptions.Abort:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    sys.exit(code if isinstance(code, int) else 0)
+        try:
+            code = app(standalone_mode=False)
+        except UserError as exc:
+            print(str(exc), file=sys.stderr)
+            sys.exit(exc.exit_code)
+        except click.exceptions.UsageError as exc:
+            exc.show()
+            sys.exit(2)
+        except click.exceptions.Abort:
+            _exit_interrupted()
+        except KeyboardInterrupt:
+            _exit_interrupted()
+        if code == 130 and _terminated:  # a command that handled the interrupt itself (typer.Exit(130))
+            _exit_interrupted()
+        sys.exit(code if isinstance(code, int) else 0)
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

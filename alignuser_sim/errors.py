@@ -3,6 +3,8 @@
 Every problem caused by input the user controls (a scenario file, a data file, a CLI argument) is raised
 as a `UserError` whose `str()` is ONE line naming the place (file, key path or row) and what is wrong.
 The CLI prints that line and exits with code 2; nothing else prints a traceback for bad input.
+
+`Terminated` is not bad input: it is the KeyboardInterrupt the CLI raises on SIGTERM (exit code 143).
 """
 
 from __future__ import annotations
@@ -36,3 +38,10 @@ class DataError(UserError):
         if column is not None:
             parts.append(f"column '{column}'")
         super().__init__(": ".join(parts) + f": {message}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised by the CLI's handler like a Ctrl-C so every interrupt path runs (journals flushed,
+    servers stopped); the CLI exits with code 143."""
+
+    exit_code = 143

@@ -72,11 +72,18 @@ def test_context_manager_starts_waits_and_stops_the_whole_group(fake_server):
         assert httpx.get(f"{server.url}/health").status_code == 200
         assert server.base_url == f"http://127.0.0.1:{server.port}/v1"
         assert server.start_seconds is not None and server.start_seconds >= 0.3
-        leader, child = server.pid, int(fake_server.pidfile.read_text())
-        assert alive(leader) and alive(child)
-        assert os.getpgid(child) == leader  # the child is in the server's own process group
-    assert not alive(leader) and not alive(child)
+        leader, child, reaper = server.pid, int(fake_server.pidfile.read_text()), server.pgid
+        assert alive(leader) and alive(child) and alive(reaper) and reaper != leader
+        assert os.getpgid(child) == os.getpgid(leader) == reaper  # the server's own process group
+    assert not alive(leader) and not alive(child) and not alive(reaper)
     assert "fake vllm starting" in server.log_path.read_text()
+
+
+def test_without_the_reaper_the_server_leads_its_group(fake_server):
+    with fake_server(reaper=False) as server:
+        leader, child = server.pid, int(fake_server.pidfile.read_text())
+        assert server.pgid == leader == os.getpgid(child)
+    assert not alive(leader) and not alive(child)
 
 
 def test_server_is_stopped_when_the_block_raises(fake_server):
@@ -103,6 +110,7 @@ def test_server_that_dies_fails_fast_with_log_tail(tmp_path):
         pass
     assert time.monotonic() - t0 < 10
     assert "code 3" in str(info.value) and "unrecognized arguments: --bogus" in str(info.value)
+    assert server.pid is None  # nothing left running
 
 
 def test_startup_timeout_stops_the_server(tmp_path):
@@ -131,6 +139,151 @@ def test_embedded_endpoints_uses_configured_urls_or_starts_a_server(fake_server,
 def test_port_in_use_is_a_user_error(fake_server):
     with fake_server() as first, pytest.raises(UserError, match="already in use"):
         fake_server(port=first.port).start()
+
+
+# --- the group goes when the Python that started it dies ---------------------------------------------------
+REPO = Path(__file__).resolve().parents[1]
+
+# Starts the fake server, prints "PGID PID" once healthy, then sleeps until killed. With CLI, it runs inside
+# `alignuser_sim.cli.main()` (a one-command app replaces the real one) and holds the server in a `with`;
+# CLI=exit130 handles the interrupt itself the way `run` and `eval` do.
+PARENT = textwrap.dedent(
+    """
+    import os, sys, time
+    from alignuser_sim.llm.launcher import VLLMServer
+    script, pidfile, log = sys.argv[1:4]
+
+    def server():
+        return VLLMServer(argv=[sys.executable, script, "{port}", pidfile], log_path=log, stop_timeout_s=3)
+
+    if os.environ.get("CLI"):
+        import typer
+        import alignuser_sim.cli as cli
+        cli.app = typer.Typer()
+
+        @cli.app.command()
+        def hold():
+            try:
+                with server() as s:
+                    print(s.pgid, s.pid, flush=True)
+                    time.sleep(600)
+            except KeyboardInterrupt:
+                if os.environ["CLI"] != "exit130":
+                    raise
+                print("interrupted: run it again", file=sys.stderr)  # like `run` and `eval` do
+                raise typer.Exit(130) from None
+
+        sys.argv = sys.argv[:1]
+        cli.main()
+    else:
+        s = server().start()
+        s.wait_healthy()
+        print(s.pgid, s.pid, flush=True)
+        time.sleep(600)
+    """
+)
+
+
+@pytest.fixture
+def parent(tmp_path):
+    """Runs PARENT; yields (process, [reaper, server, server's child]); kills whatever is left at the end."""
+    script = tmp_path / "fake_vllm.py"
+    script.write_text(FAKE_SERVER)
+    pidfile = tmp_path / "child.pid"
+    started: list[subprocess.Popen] = []
+    pids: list[int] = []
+
+    def run(**env):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PARENT, str(script), str(pidfile), str(tmp_path / "p.log")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]), **env},
+        )
+        started.append(proc)
+        line = proc.stdout.readline().split()
+        assert len(line) == 2, proc.communicate(timeout=10)
+        pids.extend([int(line[0]), int(line[1]), int(pidfile.read_text())])
+        assert all(alive(pid) for pid in pids)
+        return proc, pids
+
+    yield run
+    for proc in started:
+        proc.kill()
+        proc.wait()
+    for pid in pids:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def wait_gone(pids: list[int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return [pid for pid in pids if alive(pid)]
+
+
+def test_parent_killed_by_sigkill_takes_the_whole_group_down(parent):
+    proc, pids = parent()
+    proc.kill()  # no Python code runs: only the kernel's parent-death signal and the reaper
+    proc.wait()
+    assert wait_gone(pids, 15) == []  # without the reaper the server's child (EngineCore) is orphaned
+
+
+def test_reaper_killed_by_sigkill_still_stops_the_server(fake_server):
+    """A Ray worker that exits SIGKILLs its direct children: the reaper. The kernel then SIGTERMs the server."""
+    server = fake_server().start()
+    server.wait_healthy()
+    leader = server.pid
+    assert leader != server.pgid  # the reaper leads the group, the server is its child
+    os.kill(server.pgid, signal.SIGKILL)
+    assert wait_gone([leader], 10) == []
+    server.stop()
+
+
+@pytest.mark.parametrize("mode", ["raise", "exit130"])
+def test_cli_main_on_sigterm_stops_the_server_and_exits_143(parent, mode):
+    proc, pids = parent(CLI=mode)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "terminated"
+    assert wait_gone(pids, 3) == []  # stopped by the context manager before main() returned
+
+
+REAPER = [sys.executable, str(REPO / "alignuser_sim" / "llm" / "reaper.py")]
+
+
+def test_reaper_passes_the_exit_code_through_and_kills_leftovers(tmp_path):
+    pidfile = tmp_path / "left.pid"
+    leaves_a_child = (
+        "import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+        f"open({str(pidfile)!r}, 'w').write(str(p.pid)); raise SystemExit(7)"
+    )
+    t0 = time.monotonic()
+    done = subprocess.run([*REAPER, "--grace", "2", "--", sys.executable, "-c", leaves_a_child], timeout=20)
+    assert done.returncode == 7 and time.monotonic() - t0 < 8
+    assert not alive(int(pidfile.read_text()))  # the orphan in its group (EngineCore's case) is gone
+    killed = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
+    assert subprocess.run([*REAPER, "--", sys.executable, "-c", killed], timeout=20).returncode == 128 + 9
+    assert subprocess.run([*REAPER, "--bogus"], capture_output=True, timeout=20).returncode == 2
+
+
+def test_reaper_notices_its_parent_is_gone_without_the_death_signal(tmp_path):
+    # the middle process starts the reaper with --parent but no PR_SET_PDEATHSIG, prints its pid, then dies
+    middle = textwrap.dedent(
+        f"""
+        import os, subprocess, sys
+        reaper = subprocess.Popen({REAPER!r} + ["--parent", str(os.getpid()), "--", sys.executable, "-c",
+                                  "import time; time.sleep(600)"], start_new_session=True)
+        print(reaper.pid, flush=True)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", middle], capture_output=True, text=True, timeout=20).stdout
+    reaper = int(out)
+    assert wait_gone([reaper], 8) == []
 
 
 # --- command line of the real server ----------------------------------------------------------------------

