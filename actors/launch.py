@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from alignuser_sim.cli_progress import progress_bar
 from alignuser_sim.config import Scenario
 from alignuser_sim.errors import UserError
 from alignuser_sim.llm.launcher import embedded_endpoints
@@ -171,12 +171,7 @@ def run_on_ray(
 def _follow(coordinator: Any, ref: Any, plan: RunPlan, console: Console) -> dict[str, Any]:
     import ray
 
-    columns = (
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("pages {task.fields[pages]:,}"), TextColumn("{task.fields[rate]:.1f} LLM calls/s"),
-        TimeElapsedColumn(), TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
+    with progress_bar(console, "pages {task.fields[pages]:,}", "{task.fields[rate]:.1f} LLM calls/s") as bar:
         task = bar.add_task("agents done", total=plan.agents, pages=0, rate=0.0)
         while True:
             ready, _ = ray.wait([ref], timeout=0.5)

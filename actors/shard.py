@@ -17,7 +17,6 @@ import ray
 from alignuser_sim.config import LLMConfig
 from alignuser_sim.events import Event
 from alignuser_sim.llm import LLMClient
-from alignuser_sim.llm.client import Endpoint, normalize_base_url
 from alignuser_sim.personas import Persona
 from alignuser_sim.policy import PolicySetup
 from alignuser_sim.simulation import Catalogue, PageRequest, ShardCore
@@ -53,10 +52,7 @@ class PersonaShard:
     def set_endpoints(self, urls: list[str]) -> int:
         """Balance over these LLM endpoints from now on (a vLLM replica was replaced at a new URL); the
         endpoints kept keep their connections and counters."""
-        llm = self.core.llm
-        known = {ep.url: ep for ep in llm.endpoints}
-        llm.endpoints = [known.get(normalize_base_url(u)) or Endpoint(normalize_base_url(u)) for u in urls]
-        return len(llm.endpoints)
+        return self.core.llm.set_endpoints(urls)
 
     async def decide(self, requests: list[PageRequest]) -> list[Event]:
         return await self.core.decide(requests)

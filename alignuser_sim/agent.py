@@ -98,10 +98,15 @@ class LessonMemory(Protocol):
 
     def retrieve(self, query: str, k: int) -> list[str]: ...
 
+    def __len__(self) -> int: ...
+
 
 class NoLessons:
     def retrieve(self, query: str, k: int) -> list[str]:
         return []
+
+    def __len__(self) -> int:
+        return 0
 
 
 class WorldModelContext(Protocol):
@@ -174,14 +179,21 @@ class PersonaAgent:
     def agent_id(self) -> str:
         return self.persona.user_id
 
-    def messages(self, page_no: int, page: list[ItemView]) -> list[dict[str, str]]:
+    def policy_context(self, items: list[ItemView]) -> list[str]:
+        """What the policy adds to a prompt about these items: the lessons and the world-model lines retrieved
+        for them (each block only when something was retrieved). The page decision and the evaluation's
+        rating call both use it, so the two prompts cannot drift apart."""
         context = []
-        lessons = self.lessons.retrieve(page_query(page), self.lessons_k) if self.lessons_k else []
+        lessons = self.lessons.retrieve(page_query(items), self.lessons_k) if self.lessons_k else []
         if lessons:
             context.append("Lessons about how you really behave:\n" + "\n".join(f"- {x}" for x in lessons))
-        hints = self.world_model.hints(page, self.world_model_k) if self.world_model_k else []
+        hints = self.world_model.hints(items, self.world_model_k) if self.world_model_k else []
         if hints:
             context.append("How this recommender reacts to what you do:\n" + "\n".join(f"- {x}" for x in hints))
+        return context
+
+    def messages(self, page_no: int, page: list[ItemView]) -> list[dict[str, str]]:
+        context = self.policy_context(page)
         if self.history:
             context.append("You recently watched: " + "; ".join(
                 f"{title} (you rated {rating})" if rating else title for title, rating in self.history))

@@ -24,7 +24,6 @@ tau-b per (offline metric, outcome) pair with a bootstrap interval (`metrics/ran
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import atomic
 from .config import RecommenderConfig, Scenario, dump_scenario, load_scenario
 from .errors import UserError
 from .metrics.bootstrap import bootstrap_many
@@ -102,9 +102,7 @@ def write_plan(folder: Path, scenario: Scenario, names: Sequence[str]) -> None:
     plan = {"scenario": scenario.name, "dataset": scenario.dataset.name, "recommenders": list(names),
             "k": scenario.eval.k, "bootstrap": scenario.eval.bootstrap, "seed": scenario.seed,
             "fingerprint": mine, "updated": time.time()}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(plan, indent=1))
-    os.replace(tmp, path)
+    atomic.write_json(path, plan)
     (folder / "scenario.yaml").write_text(dump_scenario(scenario))
 
 
@@ -162,9 +160,7 @@ def offline_per_user(scenario: Scenario, names: Sequence[str], folder: Path,
         parts.append(pa.table({"algorithm": [name] * len(users), "k": [k] * len(users), "user_id": users,
                                "recall": values[:, 0], "ndcg": values[:, 1]}, schema=OFFLINE_SCHEMA))
         table = pa.concat_tables(parts)
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        atomic.write_parquet(table, path)
         parts = [table]
     return table
 
@@ -271,7 +267,5 @@ def summarize_compare(folder: Path, draws: int | None = None) -> dict[str, Any]:
 
 def write_compare(folder: Path, summary: dict[str, Any]) -> Path:
     path = Path(folder) / "compare.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
+    atomic.write_json(path, summary)
     return path

@@ -137,6 +137,11 @@ class LearningConfig(Strict):
     lessons_per_persona: Annotated[int, Field(gt=0, le=500)] = Field(
         default=20, description="Size cap of a persona's lesson memory (eviction rule: see memory.py)")
     counterfactual_temperature: Annotated[float, Field(ge=0, le=2)] = 1.0
+    counterfactual_policy: Literal["lessons", "prompt-only"] = Field(
+        default="lessons",
+        description="Who proposes the counterfactual actions: the persona with the lessons it learned on its "
+                    "earlier transitions (lessons; a persona's transitions then run in order), or the bare "
+                    "persona prompt (prompt-only; transitions run independently)")
     world_model_examples: Annotated[int, Field(ge=0, le=16)] = Field(
         default=2, description="In-context (state, action) -> next state examples per world-model prompt")
     embedder: Literal["auto", "minilm", "lexical"] = Field(

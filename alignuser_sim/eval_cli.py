@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from .cli_progress import progress_bar
 from .config import load_scenario
 from .errors import UserError
 
@@ -35,23 +36,6 @@ def _ints(text: str, option: str, low: int, high: int) -> list[int]:
 
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _progress(total: int, what: str):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(TextColumn(f"[bold]{what}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("failures {task.fields[failures]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                   console=err, transient=False)
-    task = bar.add_task(what, total=total, failures=0)
-    return bar, task
 
 
 def _check_endpoints(endpoints: list[str]) -> None:
@@ -115,7 +99,8 @@ def _run_tasks(plan: Any, tasks: list, stores: tuple, folder: Path) -> None:
     with embedded_endpoints(scenario.llm, log_path=folder / "vllm.log") as endpoints:
         _check_endpoints(endpoints)
         llm = LLMClient.from_config(scenario.llm, endpoints=endpoints, run_dir=folder)
-        bar, task = _progress(len(tasks), "eval calls")
+        bar = progress_bar(err, "failures {task.fields[failures]}")
+        task = bar.add_task("eval calls", total=len(tasks), failures=0)
         failures = 0
 
         def done(_task: Any, failure: str | None) -> None:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import os
 import time
 import uuid
 import zlib
@@ -37,14 +36,15 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
-from .agent import PersonaAgent, page_query
+from . import atomic
+from .agent import PersonaAgent
 from .config import PolicyConfig, Scenario, dump_scenario
 from .data import Dataset, load_dataset
 from .data.holdout import split_dataset
 from .errors import UserError
+from .events import CALL_FIELDS, merge_parts, part_files
 from .llm.prompts import build_messages
 from .llm.schemas import json_schema_for
 from .metrics.bootstrap import bootstrap_many
@@ -155,12 +155,7 @@ DECISIONS = pa.schema([
     pa.field("items", pa.list_(pa.string()), nullable=False),
     pa.field("positive", pa.list_(pa.bool_()), nullable=False),
     pa.field("watched", pa.list_(pa.bool_()), nullable=False),
-    pa.field("failure", pa.string()),
-    pa.field("invalid_ids", pa.int32(), nullable=False),
-    pa.field("prompt_tokens", pa.int32(), nullable=False),
-    pa.field("completion_tokens", pa.int32(), nullable=False),
-    pa.field("latency_s", pa.float32(), nullable=False),
-    pa.field("from_cache", pa.bool_(), nullable=False),
+    *CALL_FIELDS,
 ])
 DECISION_KEY = ("policy", "ratio", "user_id", "page")
 RATINGS = pa.schema([
@@ -169,12 +164,7 @@ RATINGS = pa.schema([
     pa.field("items", pa.list_(pa.string()), nullable=False),
     pa.field("truth", pa.list_(pa.float32()), nullable=False),
     pa.field("predicted", pa.list_(pa.int8()), nullable=False),  # null: the agent gave no rating
-    pa.field("failure", pa.string()),
-    pa.field("invalid_ids", pa.int32(), nullable=False),
-    pa.field("prompt_tokens", pa.int32(), nullable=False),
-    pa.field("completion_tokens", pa.int32(), nullable=False),
-    pa.field("latency_s", pa.float32(), nullable=False),
-    pa.field("from_cache", pa.bool_(), nullable=False),
+    *CALL_FIELDS,
 ])
 RATING_KEY = ("policy", "user_id")
 
@@ -214,18 +204,13 @@ class PartStore:
             return
         self._n += 1
         path = self.parts / f"part-{self.writer}-{self._n:06d}.parquet"
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema), tmp)
-        os.replace(tmp, path)
+        atomic.write_parquet(pa.Table.from_pylist(self._buffer, schema=self.schema), path)
         self._buffer = []
 
     def finalize(self) -> pa.Table:
         self.flush()
         table = self.read()
-        path = self.folder / f"{self.name}.parquet"
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        atomic.write_parquet(table, self.folder / f"{self.name}.parquet")
         for part in self.parts.glob("part-*.parquet"):
             part.unlink()
         return table
@@ -234,19 +219,7 @@ class PartStore:
 def read_store(folder: Path, name: str, schema: pa.Schema, key: Sequence[str]) -> pa.Table:
     folder = Path(folder)
     files = [folder / f"{name}.parquet"] if (folder / f"{name}.parquet").exists() else []
-    files += sorted((folder / name).glob("part-*.parquet"), key=lambda p: p.stat().st_mtime_ns)
-    if not files:
-        return schema.empty_table()
-    table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files])
-    seen: set[tuple] = set()
-    keep = []
-    for i, k in enumerate(zip(*(table[c].to_pylist() for c in key), strict=True)):
-        if k not in seen:
-            seen.add(k)
-            keep.append(i)
-    if len(keep) < table.num_rows:
-        table = table.take(pa.array(keep, pa.int64()))
-    return table.sort_by([(c, "ascending") for c in key])
+    return merge_parts(files + part_files(folder / name), schema, key)
 
 
 # --- the plan ----------------------------------------------------------------------------------------------
@@ -345,9 +318,7 @@ def claim_folder(folder: Path, scenario: Scenario, users: list[str], learning: d
     meta = {"fingerprint": mine, "bootstrap": scenario.eval.bootstrap, "seed": scenario.seed,
             "scenario": scenario.name, "dataset": scenario.dataset.name, "updated": time.time(),
             "users": users, "learning": recorded}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, path)
+    atomic.write_json(path, meta)
     (folder / "scenario.yaml").write_text(dump_scenario(scenario))
 
 
@@ -378,15 +349,9 @@ def rating_schema(item_ids: Sequence[str]) -> dict[str, Any]:
 
 def rating_messages(agent: PersonaAgent, items: list) -> list[dict[str, str]]:
     """Persona, the policy's lessons and world-model lines for these items, then the items (static first)."""
-    context = []
-    lessons = agent.lessons.retrieve(page_query(items), agent.lessons_k) if agent.lessons_k else []
-    if lessons:
-        context.append("Lessons about how you really behave:\n" + "\n".join(f"- {x}" for x in lessons))
-    hints = agent.world_model.hints(items, agent.world_model_k) if agent.world_model_k else []
-    if hints:
-        context.append("How this recommender reacts to what you do:\n" + "\n".join(f"- {x}" for x in hints))
     dynamic = "Items you watched:\n" + "\n".join(item.line() for item in items)
-    return build_messages(RATING_SYSTEM, dynamic, persona=agent.persona.describe(), context=context)
+    return build_messages(RATING_SYSTEM, dynamic, persona=agent.persona.describe(),
+                          context=agent.policy_context(items))
 
 
 @dataclass
@@ -592,7 +557,5 @@ def _rating_row(policy: str, rows: list[dict[str, Any]], draws: int, seed: int) 
 
 def write_summary(folder: Path, summary: dict[str, Any]) -> Path:
     path = Path(folder) / "eval.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    os.replace(tmp, path)
+    atomic.write_json(path, summary)
     return path

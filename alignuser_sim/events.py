@@ -14,11 +14,11 @@ run folder from running at once (a killed driver's actors may outlive it for a f
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,20 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from . import atomic
 from .llm.accounting import LatencyHistogram
 
+# The accounting of one LLM call, in every table that stores calls (these events, evaluation.py's decisions
+# and ratings): one definition, so the tables cannot drift apart. Spliced in where each table had them: a
+# schema's field order must not change, or the files already written no longer read with it.
+CALL_FIELDS = (
+    pa.field("failure", pa.string()),
+    pa.field("invalid_ids", pa.int32(), nullable=False),
+    pa.field("prompt_tokens", pa.int32(), nullable=False),
+    pa.field("completion_tokens", pa.int32(), nullable=False),
+    pa.field("latency_s", pa.float32(), nullable=False),
+    pa.field("from_cache", pa.bool_(), nullable=False),
+)
 EVENTS = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -40,12 +52,7 @@ EVENTS = pa.schema(
         pa.field("feelings", pa.list_(pa.string()), nullable=False),
         pa.field("thought", pa.string()),
         pa.field("action", pa.string(), nullable=False),
-        pa.field("failure", pa.string()),
-        pa.field("invalid_ids", pa.int32(), nullable=False),
-        pa.field("prompt_tokens", pa.int32(), nullable=False),
-        pa.field("completion_tokens", pa.int32(), nullable=False),
-        pa.field("latency_s", pa.float32(), nullable=False),
-        pa.field("from_cache", pa.bool_(), nullable=False),
+        *CALL_FIELDS,
         pa.field("shard", pa.int32(), nullable=False),
         pa.field("wall_time", pa.float64(), nullable=False),
     ]
@@ -86,6 +93,28 @@ def events_table(events: list[Event]) -> pa.Table:
 
 def events_from_table(table: pa.Table) -> list[Event]:
     return [Event(**row) for row in table.to_pylist()]
+
+
+# --- part folders (this log's and evaluation.py's PartStore) ------------------------------------------------
+
+
+def part_files(folder: Path) -> list[Path]:
+    """The parts of a part folder, oldest first (of a key written twice, the first write is the one kept)."""
+    return sorted(Path(folder).glob("part-*.parquet"), key=lambda p: p.stat().st_mtime_ns)
+
+
+def merge_parts(files: Sequence[Path], schema: pa.Schema, key: Sequence[str]) -> pa.Table:
+    """The files as one table: one row per key (the first in file order), sorted by key."""
+    table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]) if files else schema.empty_table()
+    seen: set[tuple] = set()
+    keep = []
+    for i, k in enumerate(zip(*(table[c].to_pylist() for c in key), strict=True)):
+        if k not in seen:
+            seen.add(k)
+            keep.append(i)
+    if len(keep) < table.num_rows:
+        table = table.take(pa.array(keep, pa.int64()))
+    return table.sort_by([(c, "ascending") for c in key])
 
 
 # --- macro statistics ----------------------------------------------------------------------------------
@@ -195,7 +224,7 @@ class EventLog:
     def load_existing(self) -> list[Event]:
         """Events already on disk (resume); their keys count as written."""
         events = []
-        for part in sorted(self.parts_dir.glob("part-*.parquet"), key=lambda p: p.stat().st_mtime_ns):
+        for part in part_files(self.parts_dir):
             for event in events_from_table(pq.read_table(part, schema=EVENTS)):
                 if event.key not in self.keys:
                     self.keys.add(event.key)
@@ -223,29 +252,14 @@ class EventLog:
             return
         path = self.parts_dir / f"part-{self.writer}-{self._next_part:06d}.parquet"
         self._next_part += 1
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(events_table(self._buffer), tmp)
-        os.replace(tmp, path)
+        atomic.write_parquet(events_table(self._buffer), path)
         self._buffer = []
 
     def finalize(self) -> Path:
         """Merge the parts into `events.parquet`, one row per key (the first written), sorted by key."""
         self.flush()
-        parts = sorted(self.parts_dir.glob("part-*.parquet"), key=lambda p: p.stat().st_mtime_ns)
-        table = pa.concat_tables([pq.read_table(p, schema=EVENTS) for p in parts]) if parts else EVENTS.empty_table()
-        seen: set[tuple] = set()
-        keep = []
-        for i, key in enumerate(zip(*(table[k].to_pylist() for k in KEY), strict=True)):
-            if key not in seen:
-                seen.add(key)
-                keep.append(i)
-        if len(keep) < table.num_rows:
-            table = table.take(pa.array(keep, pa.int64()))
-        table = table.sort_by([(k, "ascending") for k in KEY])
         path = self.run_dir / "events.parquet"
-        tmp = path.with_suffix(".tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
+        atomic.write_parquet(merge_parts(part_files(self.parts_dir), EVENTS, KEY), path)
         return path
 
 
@@ -282,6 +296,5 @@ class RunLock:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    """A run's JSON file (run.json, stats.json), atomically; values JSON lacks are written as text."""
+    atomic.write_json(path, data, default=str)

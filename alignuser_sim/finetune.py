@@ -19,13 +19,13 @@ A README.md beside them says how to train a LoRA adapter and serve it with vLLM 
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import atomic
 from .agent import THOUGHT_MAX, ItemDecision, ItemView, PageDecision, PersonaAgent
 from .config import Scenario
 from .errors import UserError
@@ -67,11 +67,9 @@ alignuser-sim llm serve --model BASE_MODEL --served-model-name base -- \\
 
 
 def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
+    with atomic.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _chat(messages: list[dict[str, str]], reply: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from .cli_progress import progress_bar
 from .errors import UserError
 
 out = Console()
@@ -98,19 +99,7 @@ def _llm(scenario: Any, folder: Path) -> Iterator[Any]:
 
 
 def _run_with_bar(label: str, make_coro: Any, folder: Path) -> dict[str, Any]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("LLM calls {task.fields[calls]:,} ({task.fields[failed]:,} failed)"),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False) as bar:
+    with progress_bar(err, "LLM calls {task.fields[calls]:,} ({task.fields[failed]:,} failed)") as bar:
         task = bar.add_task(label, total=None, calls=0, failed=0)
 
         def on_progress(done: int, total: int, llm: dict[str, Any]) -> None:

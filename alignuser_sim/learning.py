@@ -32,7 +32,7 @@ import os
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import atomic
 from .agent import ItemView, PersonaAgent
 from .alignment import Reflection, clean_lessons, reflection_messages, reflection_seed, sample_alternatives
 from .config import Scenario
@@ -51,6 +52,7 @@ from .llm.prompts import build_messages
 from .memory import LESSONS_FILE, build_memory, resolve_embedder, write_memories
 from .personas import Persona
 from .worldmodel import (
+    MAX_GENRES,
     TRANSITIONS_FILE,
     Action,
     Example,
@@ -86,10 +88,17 @@ REFLECTION_MAX_TOKENS = 600
 TASTE_MAX_TOKENS = 200
 
 
-def world_model_sampling(max_tokens: int, labels: int, candidates: int) -> dict[str, Any]:
-    """Greedy (a predictor, not a persona: its most likely answer); room for the schema's longest reply
-    (no free text in it: ids, booleans, genre names)."""
-    return {"temperature": 0.0, "max_tokens": min(max_tokens, 64 + labels * (8 * candidates + 40))}
+def world_model_sampling(max_tokens: int, labels: Sequence[str], candidates: Sequence[str],
+                         genres: Sequence[str]) -> dict[str, Any]:
+    """Greedy (a predictor, not a persona: its most likely answer); room for the schema's longest reply (no
+    free text in it: ids, booleans, genre names), sized from its compact JSON: long ids (Amazon's ten-digit
+    ISBNs) need more tokens than MovieLens's short ones. SmolLM2 measured ~2 characters per token on such
+    replies; 1.5 leaves a margin."""
+    longest = sorted(genres, key=len, reverse=True)[:MAX_GENRES]
+    reply = {"outcomes": {label: {"next": dict.fromkeys(candidates, False), "genres": longest, "continues": False}
+                          for label in labels}}
+    chars = len(json.dumps(reply, separators=(",", ":")))
+    return {"temperature": 0.0, "max_tokens": min(max_tokens, 32 + math.ceil(chars / 1.5))}
 
 
 # --- taste text -----------------------------------------------------------------------------------------
@@ -327,8 +336,8 @@ class RunCounts:
 class Learner:
     """The per-persona pipelines; every result goes to the journal as it is produced."""
 
-    def __init__(self, inputs: LearningInputs, llm: Any, journal: Journal):
-        self.inputs, self.llm, self.journal = inputs, llm, journal
+    def __init__(self, inputs: LearningInputs, llm: Any, journal: Journal, embedder: str = "lexical"):
+        self.inputs, self.llm, self.journal, self.embedder = inputs, llm, journal, embedder
         self.cfg = inputs.scenario.learning
         self.seed = inputs.scenario.seed
         self.max_tokens = inputs.scenario.llm.sampling.max_tokens
@@ -373,15 +382,35 @@ class Learner:
                           "failure": result.failure})
         return taste
 
+    def lessons_so_far(self, user_id: str, step: int) -> list[tuple[str, str]]:
+        """The lessons (text, tag) this persona wrote on its transitions before `step`, oldest first."""
+        out: list[tuple[str, str]] = []
+        for s in self.inputs.sampled_steps(user_id):
+            if s >= step:
+                break
+            record = self.journal.get("reflection", user_id, s)
+            if record is not None:
+                out.extend((x["text"], x["tag"]) for x in record["lessons"])
+        return out
+
     def policy_agent(self, persona: Persona, state: State) -> PersonaAgent:
-        """The current policy (prompt-only) at this state: its short history is the human's."""
+        """The current policy at this state: its short history is the human's; with `counterfactual_policy:
+        lessons` it also holds the lessons learned so far, so the alternatives it proposes are the mistakes
+        it still makes, not the ones an earlier reflection already corrected."""
         views = self.inputs.views
         history = [(views[i].title if i in views else i, None if r is None else int(round(r)))
                    for i, r in state.history]
-        return PersonaAgent(persona, seed=self.seed, history=history[-5:])
+        agent = PersonaAgent(persona, seed=self.seed, history=history[-5:])
+        if self.cfg.counterfactual_policy == "lessons":
+            learned = self.lessons_so_far(state.user_id, state.step)
+            if learned:
+                agent.lessons = build_memory(state.user_id, learned, self.cfg.lessons_per_persona, self.embedder)
+                agent.lessons_k = self.inputs.scenario.policy.lessons_k
+        return agent
 
     # -- one transition: counterfactuals, then world model and reflection side by side --
-    async def transition(self, user_id: str, step: int) -> None:
+    async def transition(self, user_id: str, step: int) -> bool:
+        """Whether this transition's reflection is in the journal (so a later one may use its lessons)."""
         inputs = self.inputs
         state, human = inputs.state(user_id, step), inputs.human_action(user_id, step)
         persona = await self.persona(user_id)
@@ -389,18 +418,20 @@ class Learner:
         if record is None:
             record = await self._counterfactuals(persona, state, human)
             if record is None:
-                return
+                return False
         actions = [Action.from_dict(a) for a in record["actions"]]
         truths = [NextState.from_dict(t) for t in record["truths"]]
         text = persona.describe()
         await asyncio.gather(self._world_model(text, state, actions, truths),
                              self._reflect(text, state, actions, truths))
         self.counts.transitions_done += 1
+        return self.journal.get("reflection", user_id, step) is not None
 
     async def _counterfactuals(self, persona: Persona, state: State, human: Action) -> dict[str, Any] | None:
         inputs = self.inputs
+        agent = self.policy_agent(persona, state)
         alts = await sample_alternatives(
-            self.llm, self.policy_agent(persona, state), state, human, inputs.views,
+            self.llm, agent, state, human, inputs.views,
             self.cfg.counterfactuals_per_step, self.cfg.counterfactual_temperature, self.seed)
         later = [f for f in alts.failures if retry_later(f)]
         if later:
@@ -416,7 +447,7 @@ class Learner:
                                                                                                  strict=True))],
             "hint_genres": [hint_genres(state, a, inputs.views) for a in actions],
             "samples": alts.samples, "failures": alts.failures, "same_as_human": alts.same_as_human,
-            "duplicates": alts.duplicates,
+            "duplicates": alts.duplicates, "lessons_used": len(agent.lessons),
         }
         self.journal.put(record)
         return record
@@ -434,7 +465,7 @@ class Learner:
         messages = prediction_messages(persona_text, state, actions, candidates, inputs.k, inputs.views, examples)
         result = await self.llm.call(
             messages, Prediction, schema=prediction_schema(labels, candidates, genres),
-            sampling=world_model_sampling(self.max_tokens, len(labels), len(candidates)),
+            sampling=world_model_sampling(self.max_tokens, labels, candidates, genres),
             seed=zlib.crc32(f"{self.seed}:{kind}:{state.user_id}:{state.step}".encode()))
         if retry_later(result.failure):
             self.counts.retry_later[result.failure] += 1
@@ -493,23 +524,27 @@ def _action_ids(n: int) -> list[str]:
 Progress = Callable[[int, int, dict[str, Any]], None]
 
 
-async def _drain(jobs: list[Callable[[], Any]], workers: int, llm: Any, on_progress: Progress | None) -> None:
-    """Run the jobs with `workers` at a time, reporting (done, total, LLM accounting) after each."""
-    total, done = len(jobs), 0
-    pending = list(reversed(jobs))
+async def _drain(chains: list[list[Callable[[], Any]]], workers: int, llm: Any,
+                 on_progress: Progress | None) -> None:
+    """Run the chains `workers` at a time, the jobs of a chain in order, reporting (done, total, LLM
+    accounting) after each job. A job that returns False ends its chain (the rest waits for the next run)."""
+    total, done = sum(len(c) for c in chains), 0
+    pending = list(reversed(chains))
 
     async def worker() -> None:
         nonlocal done
         while pending:
-            job = pending.pop()
-            await job()
-            done += 1
-            if on_progress:
-                on_progress(done, total, llm.snapshot())
+            for job in pending.pop():
+                ok = await job()
+                done += 1
+                if on_progress:
+                    on_progress(done, total, llm.snapshot())
+                if ok is False:
+                    break
 
     if on_progress:
         on_progress(0, total, llm.snapshot())
-    await asyncio.gather(*(worker() for _ in range(max(1, min(workers, total)))))
+    await asyncio.gather(*(worker() for _ in range(max(1, min(workers, len(chains))))))
 
 
 async def run_learning(inputs: LearningInputs, llm: Any, folder: Path | None = None,
@@ -521,16 +556,23 @@ async def run_learning(inputs: LearningInputs, llm: Any, folder: Path | None = N
     with folder_lock(folder):
         journal = Journal(folder)
         try:
-            learner = Learner(inputs, llm, journal)
-            jobs = [(lambda u=u, s=s: learner.transition(u, s)) for u in inputs.users for s in inputs.sampled_steps(u)]
-            await _drain(jobs, llm.concurrency, llm, on_progress)
+            learner = Learner(inputs, llm, journal, embedder)
+            jobs = {u: [(lambda u=u, s=s: learner.transition(u, s)) for s in inputs.sampled_steps(u)]
+                    for u in inputs.users}
+            if inputs.scenario.learning.counterfactual_policy == "lessons":
+                # a persona's transitions in order (each one's policy holds the lessons of the ones before),
+                # personas side by side
+                chains = list(jobs.values())
+            else:
+                chains = [[job] for chain in jobs.values() for job in chain]
+            await _drain(chains, llm.concurrency, llm, on_progress)
             consolidate(journal, folder)
             lessons = write_lessons(journal, folder, inputs.scenario.learning.lessons_per_persona, embedder)
             summary = summarize(journal, inputs.users, learner.counts, llm.snapshot(),
                                 time.perf_counter() - started, lessons=lessons, embedder=embedder)
         finally:
             journal.close()
-        _write_json(folder / SUMMARY_FILE, summary)
+        atomic.write_json(folder / SUMMARY_FILE, summary, default=str)
     return summary
 
 
@@ -543,7 +585,7 @@ async def run_world_model_eval(inputs: LearningInputs, llm: Any, n_examples: int
         journal = Journal(folder)
         try:
             learner = Learner(inputs, llm, journal)
-            jobs = [(lambda u=u, s=s, n=n: learner.evaluate(u, s, n))
+            jobs = [[lambda u=u, s=s, n=n: learner.evaluate(u, s, n)]
                     for u in inputs.users for s in inputs.sampled_steps(u) for n in (0, n_examples)]
             await _drain(jobs, llm.concurrency, llm, on_progress)
             consolidate(journal, folder)
@@ -558,32 +600,20 @@ async def run_world_model_eval(inputs: LearningInputs, llm: Any, n_examples: int
                        "wall_s": round(time.perf_counter() - started, 1), "personas": len(inputs.users)}
         finally:
             journal.close()
-        _write_json(folder / "worldmodel_eval.json", summary)
+        atomic.write_json(folder / "worldmodel_eval.json", summary, default=str)
     return summary
 
 
 # --- consolidation --------------------------------------------------------------------------------------
 
 
-def _write_parquet(table: pa.Table, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
-
-
 def consolidate(journal: Journal, folder: Path) -> None:
     """The journal as Parquet files (rewritten whole: they are views of the journal)."""
     tastes = journal.of_kind("taste")
-    _write_parquet(pa.table({"user_id": pa.array([r["user_id"] for r in tastes], pa.string()),
-                             "taste": pa.array([r["taste"] for r in tastes], pa.string()),
-                             "failure": pa.array([r["failure"] for r in tastes], pa.string())}),
-                   folder / TASTES_FILE)
+    atomic.write_parquet(pa.table({"user_id": pa.array([r["user_id"] for r in tastes], pa.string()),
+                                   "taste": pa.array([r["taste"] for r in tastes], pa.string()),
+                                   "failure": pa.array([r["failure"] for r in tastes], pa.string())}),
+                         folder / TASTES_FILE)
 
     rows: list[dict[str, Any]] = []
     for r in journal.of_kind("counterfactuals"):
@@ -594,7 +624,7 @@ def consolidate(journal: Journal, folder: Path) -> None:
                          "next_items": truth["items"], "next_genres": truth["genres"],
                          "continues": truth["continues"], "hits": truth["hits"], "hint": r["hints"][n],
                          "hint_genres": r["hint_genres"][n]})
-    _write_parquet(pa.Table.from_pylist(rows, schema=TRANSITIONS_SCHEMA), folder / TRANSITIONS_FILE)
+    atomic.write_parquet(pa.Table.from_pylist(rows, schema=TRANSITIONS_SCHEMA), folder / TRANSITIONS_FILE)
 
     rows = []
     for kind in sorted({k for k, _, _ in journal.records if k == "worldmodel" or k.startswith("wm_eval:")}):
@@ -607,10 +637,10 @@ def consolidate(journal: Journal, folder: Path) -> None:
                              "pred_genres": pred["genres"] if pred else None,
                              "pred_continues": pred["continues"] if pred else None, "failure": r["failure"],
                              **{key: (sc[key] if sc else None) for key in PREDICTION_SCORES}})
-    _write_parquet(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA), folder / PREDICTIONS_FILE)
+    atomic.write_parquet(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA), folder / PREDICTIONS_FILE)
 
     rows = [{k: r.get(k) for k in REFLECTIONS_SCHEMA.names} for r in journal.of_kind("reflection")]
-    _write_parquet(pa.Table.from_pylist(rows, schema=REFLECTIONS_SCHEMA), folder / REFLECTIONS_FILE)
+    atomic.write_parquet(pa.Table.from_pylist(rows, schema=REFLECTIONS_SCHEMA), folder / REFLECTIONS_FILE)
 
 
 PREDICTION_SCORES = ("item_jaccard", "item_precision", "item_recall", "genre_jaccard", "continue_accuracy")

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from . import atomic
 from .errors import UserError
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,6 @@ def build_memory(user_id: str, lessons: Sequence[tuple[str, str]], cap: int, emb
 def write_memories(memories: Sequence[LessonMemory], path: Path, embedder: str) -> int:
     """All personas' memories as one Parquet file (atomic); returns the number of lessons written."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     rows: dict[str, list[Any]] = {k: [] for k in ("user_id", "rank", "text", "tag", "support", "first_seen",
                                                   "embedder", "embedding")}
@@ -239,9 +239,7 @@ def write_memories(memories: Sequence[LessonMemory], path: Path, embedder: str) 
         ("support", pa.int32()), ("first_seen", pa.int32()), ("embedder", pa.string()),
         ("embedding", pa.list_(pa.float32())),
     ])
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(pa.table(rows, schema=schema), tmp)
-    os.replace(tmp, path)
+    atomic.write_parquet(pa.table(rows, schema=schema), path)
     return len(rows["text"])
 
 

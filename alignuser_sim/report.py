@@ -17,11 +17,11 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import atomic
 from .errors import UserError
 
 
@@ -389,12 +389,6 @@ def render_html(title: str, sections: list[Section], folder: Path) -> str:
     return "\n".join(parts)
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def build_report(inputs: Inputs, out: Path) -> dict[str, Any]:
     """Compute each section's numbers from its files, plot, and write report.md, report.html, report.json."""
     from .compare import summarize_compare
@@ -423,7 +417,7 @@ def build_report(inputs: Inputs, out: Path) -> dict[str, Any]:
         raise UserError(f"{out}: nothing to report (the eval folder holds no decisions yet)")
     name = next((d.get("scenario") for d in data.values() if d.get("scenario")), "") or out.name
     title = f"alignuser-sim report: {name}"
-    _write(out / "report.md", render_markdown(title, sections))
-    _write(out / "report.html", render_html(title, sections, out))
-    _write(out / "report.json", json.dumps(data, indent=1, default=str))
+    atomic.write_text(out / "report.md", render_markdown(title, sections))
+    atomic.write_text(out / "report.html", render_html(title, sections, out))
+    atomic.write_json(out / "report.json", data, default=str)
     return data

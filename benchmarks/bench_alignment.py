@@ -39,9 +39,9 @@ ABLATION = ["prompt-only", "+lessons", "+world-model", "alignuser"]  # at 1:1 on
 BASELINES = ["prompt-only", "alignuser"]
 
 
-def variant(dataset: str, users: int, endpoint: str, ablation: bool) -> dict:
+def variant(dataset: str, users: int, endpoint: str, ablation: bool, cf_policy: str = "prompt-only") -> dict:
     base = yaml.safe_load((ROOT / "scenarios" / f"{dataset}.yaml").read_text())
-    name = f"bench-{dataset}"
+    name = f"bench-{dataset}" + ("" if cf_policy == "prompt-only" else f"-cf-{cf_policy}")
     scenario = {
         "name": name, "seed": 42, "dataset": base["dataset"],
         "population": {"size": users, "sampling": "random"},
@@ -51,7 +51,7 @@ def variant(dataset: str, users: int, endpoint: str, ablation: bool) -> dict:
         # and a timed-out request is sent again (its work lost)
         "llm": {"endpoints": [endpoint], "model": "smollm2", "concurrency": 16, "timeout_s": 900},
         "learning": {"transitions_per_persona": 2, "counterfactuals_per_step": 1, "lessons_per_persona": 20,
-                     "folder": str(WORK / name / "learning")},
+                     "counterfactual_policy": cf_policy, "folder": str(WORK / name / "learning")},
         "eval": {"ratios": [1, 2, 3, 9], "positives_per_user": 2, "items_per_page": 10, "bootstrap": 1000},
         "output_dir": str(WORK),
     }
@@ -71,8 +71,8 @@ def sh(args: list[str], log: Path) -> float:
     return time.perf_counter() - t0
 
 
-def run_dataset(dataset: str, users: int, endpoint: str, ablation: bool) -> dict:
-    scenario = variant(dataset, users, endpoint, ablation)
+def run_dataset(dataset: str, users: int, endpoint: str, ablation: bool, cf_policy: str) -> dict:
+    scenario = variant(dataset, users, endpoint, ablation, cf_policy)
     folder = WORK / scenario["name"]
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "bench.log"
@@ -143,7 +143,10 @@ def main() -> None:
     parser.add_argument("--datasets", default="ml-1m-agent4rec,ml-100k,amazon-books,steam")
     parser.add_argument("--ablation", default="ml-1m-agent4rec,ml-100k", help="Datasets with all four policies")
     parser.add_argument("--endpoint", default=None)
+    parser.add_argument("--counterfactual-policy", default="prompt-only", choices=["prompt-only", "lessons"],
+                        help="learning.counterfactual_policy; not prompt-only: its own folders and result files")
     args = parser.parse_args()
+    stem = "alignment" + ("" if args.counterfactual_policy == "prompt-only" else f"-cf-{args.counterfactual_policy}")
     datasets = args.datasets.split(",")
     results = []
     with ExitStack() as stack:
@@ -158,12 +161,13 @@ def main() -> None:
             endpoint = stack.enter_context(embedded_endpoints(LLMConfig(), log_path=WORK / "vllm.log"))[0]
         for dataset in datasets:
             t0 = time.perf_counter()
-            results.append(run_dataset(dataset, args.users, endpoint, dataset in args.ablation.split(",")))
+            results.append(run_dataset(dataset, args.users, endpoint, dataset in args.ablation.split(","),
+                                       args.counterfactual_policy))
             print(f"{dataset}: done in {time.perf_counter() - t0:.0f} s", flush=True)
             RESULTS.mkdir(parents=True, exist_ok=True)
-            (RESULTS / "alignment.json").write_text(json.dumps(results, indent=1, default=str))
+            (RESULTS / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
             command = "python benchmarks/bench_alignment.py " + " ".join(sys.argv[1:])
-            (RESULTS / "alignment.md").write_text(markdown(results, command))
+            (RESULTS / f"{stem}.md").write_text(markdown(results, command))
 
 
 if __name__ == "__main__":

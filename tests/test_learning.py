@@ -108,8 +108,9 @@ def test_world_model_scores_against_the_recommender_truth(small):
     assert json.loads((scenario.learning_dir() / "worldmodel_eval.json").read_text())["examples"] == 2
 
 
-def test_resume_redoes_only_what_failed_in_transport(small):
-    scenario, inputs = small
+def test_resume_redoes_only_what_failed_in_transport(tmp_path):
+    scenario = scenario_from_dict(scenario_dict(tmp_path, counterfactual_policy="prompt-only"))
+    inputs = prepare(scenario)
     folder = scenario.learning_dir()
     down = ScriptedLLM(lambda req: respond(req, reflection_error=http_error(503)), max_retries=0)
     first = asyncio.run(run_learning(inputs, down))
@@ -137,6 +138,47 @@ def test_resume_redoes_only_what_failed_in_transport(small):
     transitions = pq.read_table(folder / "transitions.parquet")
     assert pc.sum(pc.equal(transitions["action_id"], "human")).as_py() == n
     assert transitions.num_rows == n + second["alternatives_distinct"]
+
+
+def journal_records(folder: Path, kind: str) -> dict[tuple[str, int], dict]:
+    records = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines() if line.strip()]
+    return {(r["user_id"], r["step"]): r for r in records if r.get("kind") == kind}
+
+
+def test_counterfactual_policy_uses_the_lessons_of_earlier_transitions(small):
+    """counterfactual_policy: lessons (default): a persona's transitions run in order and the policy that
+    proposes the alternatives of a later transition holds the lessons its earlier reflections wrote."""
+    scenario, inputs = small
+    assert scenario.learning.counterfactual_policy == "lessons"
+    folder = scenario.learning_dir()
+    down = ScriptedLLM(lambda req: respond(req, reflection_error=http_error(503)), max_retries=0)
+    asyncio.run(run_learning(inputs, down))
+    # a reflection lost in transport ends the persona's chain: its next transition waits for the next run
+    cfs = journal_records(folder, "counterfactuals")
+    for uid in inputs.users:
+        first, second = inputs.sampled_steps(uid)
+        if len(cfs[(uid, first)]["actions"]) > 1:  # it had alternatives, so a reflection was asked (and failed)
+            assert (uid, second) not in cfs
+    llm = ScriptedLLM(respond)
+    asyncio.run(run_learning(inputs, llm))
+    cfs, reflections = journal_records(folder, "counterfactuals"), journal_records(folder, "reflection")
+    with_lessons = 0
+    for uid in inputs.users:
+        first, second = inputs.sampled_steps(uid)
+        assert cfs[(uid, first)]["lessons_used"] == 0
+        learned = bool(reflections[(uid, first)]["lessons"])
+        assert cfs[(uid, second)]["lessons_used"] == int(learned)  # one lesson (merged if repeated)
+        with_lessons += learned
+    assert with_lessons >= 1
+    sampled = [r for r in llm.requests if r.output is PageDecision]
+    assert sum(LESSON in r.prompt for r in sampled) == with_lessons * scenario.learning.counterfactuals_per_step
+    assert all(r.params["temperature"] == scenario.learning.counterfactual_temperature for r in sampled)
+    # prompt-only: the same pipeline never shows a lesson to the counterfactual policy
+    bare = scenario_from_dict(scenario_dict(tmp_path := folder.parent / "bare", counterfactual_policy="prompt-only"))
+    bare_llm = ScriptedLLM(respond)
+    asyncio.run(run_learning(prepare(bare), bare_llm))
+    assert not any(LESSON in r.prompt for r in bare_llm.requests if r.output is PageDecision)
+    assert tmp_path.exists()
 
 
 def test_policy_loads_lessons_hints_and_tastes(small):
@@ -235,3 +277,20 @@ def test_export_writes_chat_jsonl_for_both_tasks(tmp_path):
     prediction = Prediction.model_validate_json(world[0]["messages"][2]["content"])
     assert sum(prediction.outcomes["a1"].next.values()) == inputs.k  # the true next page
     assert "--enable-lora --lora-modules" in (tmp_path / "sft" / "README.md").read_text()
+
+
+def test_world_model_budget_grows_with_id_length_and_stays_under_the_cap():
+    """Ten-digit Amazon ids truncated every world-model reply at the old fixed 8 tokens per candidate."""
+    from alignuser_sim.learning import world_model_sampling
+
+    labels, genres = ["human", "alt1"], ["Literature & Fiction", "Mystery, Thriller & Suspense", "Humor"]
+    books = [str(1430231920 + 7919 * i) for i in range(8)]
+    movies = [str(100 + i) for i in range(8)]
+    long_budget = world_model_sampling(800, labels, books, genres)
+    short_budget = world_model_sampling(800, labels, movies, genres)
+    assert long_budget["temperature"] == 0.0
+    reply = json.dumps({"outcomes": {x: {"next": dict.fromkeys(books, False), "genres": genres, "continues": False}
+                                     for x in labels}}, separators=(",", ":"))
+    assert long_budget["max_tokens"] >= len(reply) / 2 + 16  # SmolLM2: ~2 characters per token on such replies
+    assert short_budget["max_tokens"] < long_budget["max_tokens"]
+    assert world_model_sampling(200, labels, books, genres)["max_tokens"] == 200

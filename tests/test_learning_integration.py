@@ -1,4 +1,5 @@
-"""`alignuser-sim learn` on three ML-100K users against the REAL vLLM server (SmolLM2-135M): ~14 LLM calls."""
+"""`alignuser-sim learn` against the REAL vLLM server (SmolLM2-135M): three ML-100K users (~14 LLM calls), then
+one user whose counterfactual policy uses its lessons (<= 7 calls)."""
 
 import json
 import os
@@ -21,23 +22,29 @@ ALIGNUSER_SIM = str(Path(sys.executable).parent / "alignuser-sim")
 WIDE = {**os.environ, "COLUMNS": "200"}  # tables unwrapped
 
 
-def test_learn_on_three_users_against_vllm(vllm_server, tmp_path):
-    path = tmp_path / "learn.yaml"
+def learn(tmp_path: Path, server_url: str, name: str, seed: int, users: int, concurrency: int,
+          learning: dict, **extra) -> tuple[Path, str]:
+    """Write a small ML-100K scenario against the server, run `alignuser-sim learn` on it: (scenario, stdout)."""
+    path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
-        "name": "learn-it", "seed": 13, "dataset": {"name": "ml-100k"}, "population": {"size": 3},
+        "name": name, "seed": seed, "dataset": {"name": "ml-100k"}, "population": {"size": users},
         "recommender": {"algorithm": "mf"},
-        "llm": {"endpoints": [vllm_server.base_url], "model": "smollm2", "concurrency": 8, "cache": "off"},
-        # per persona: 1 taste + 1 counterfactual sample + 1 world-model call + at most 1 reflection
-        "learning": {"transitions_per_persona": 1, "counterfactuals_per_step": 1, "world_model_examples": 1,
-                     "embedder": "lexical"},
-        "policy": "alignuser",
-        "output_dir": str(tmp_path),
+        "llm": {"endpoints": [server_url], "model": "smollm2", "concurrency": concurrency, "cache": "off"},
+        "learning": {"embedder": "lexical", **learning}, "output_dir": str(tmp_path), **extra,
     }))
     result = subprocess.run([ALIGNUSER_SIM, "learn", str(path)], capture_output=True, text=True, timeout=800,
                             env=WIDE)
     print(result.stdout)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "lessons written" in result.stdout and "world model" in result.stdout
+    return path, result.stdout
+
+
+def test_learn_on_three_users_against_vllm(vllm_server, tmp_path):
+    # per persona: 1 taste + 1 counterfactual sample + 1 world-model call + at most 1 reflection
+    path, stdout = learn(tmp_path, vllm_server.base_url, "learn-it", 13, 3, 8,
+                         {"transitions_per_persona": 1, "counterfactuals_per_step": 1, "world_model_examples": 1},
+                         policy="alignuser")
+    assert "lessons written" in stdout and "world model" in stdout
 
     scenario = load_scenario(path)
     folder = scenario.learning_dir()
@@ -83,3 +90,19 @@ def test_learn_on_three_users_against_vllm(vllm_server, tmp_path):
     assert evaluation["llm"]["calls"] == 2
     for scores in evaluation["scores"].values():
         assert scores["n"] + scores["failed"] == 1
+
+
+def test_counterfactual_policy_with_lessons_against_vllm(vllm_server, tmp_path):
+    """counterfactual_policy: lessons on one user, two transitions (<= 7 calls): the second transition's
+    alternatives come from a policy holding the lessons the first one wrote (as many as were kept)."""
+    path, _ = learn(tmp_path, vllm_server.base_url, "learn-lessons", 21, 1, 4,
+                    {"transitions_per_persona": 2, "counterfactuals_per_step": 1, "world_model_examples": 0,
+                     "counterfactual_temperature": 1.5, "counterfactual_policy": "lessons"})
+    folder = load_scenario(path).learning_dir()
+    records = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines() if line.strip()]
+    cfs = sorted((r for r in records if r["kind"] == "counterfactuals"), key=lambda r: r["step"])
+    reflections = {r["step"]: r for r in records if r["kind"] == "reflection"}
+    assert len(cfs) == 2 and cfs[0]["lessons_used"] == 0
+    first_lessons = reflections[cfs[0]["step"]]["lessons"] if cfs[0]["step"] in reflections else []
+    # what the first reflection kept, merged: at least one when it kept any, never more than it kept
+    assert (cfs[1]["lessons_used"] > 0) == bool(first_lessons) and cfs[1]["lessons_used"] <= len(first_lessons)

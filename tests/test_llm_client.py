@@ -65,6 +65,14 @@ async def call_and_close(client: LLMClient, messages=MESSAGES, output=Answer, **
         await client.aclose()
 
 
+async def gather_and_close(client: LLMClient, conversations: list):
+    """All the calls at once (what the client must bound, balance and share), then close the client."""
+    try:
+        return await asyncio.gather(*[client.call(messages, Answer) for messages in conversations])
+    finally:
+        await client.aclose()
+
+
 # --- requests and success -----------------------------------------------------------------------------
 def test_success_sends_strict_json_schema(tmp_path):
     with ScriptedServer([Reply(GOOD, prompt_tokens=21, completion_tokens=7)]) as srv:
@@ -210,14 +218,7 @@ def test_a_run_never_crashes_on_a_mix_of_faults(tmp_path):
 
     with ScriptedServer(responder) as srv:
         client = client_for(srv.base_url, tmp_path, max_retries=1)
-
-        async def many():
-            try:
-                return await asyncio.gather(*[client.call(MESSAGES, Answer) for _ in range(30)])
-            finally:
-                await client.aclose()
-
-        results = run(many())
+        results = run(gather_and_close(client, [MESSAGES] * 30))
     snap = client.snapshot()
     assert len(results) == 30 and snap["calls"] == 30
     assert snap["ok"] + snap["failed"] == 30 and snap["ok"] == sum(r.ok for r in results)
@@ -291,14 +292,7 @@ def test_cache_off_always_calls(tmp_path):
 def test_identical_calls_in_flight_are_sent_once(tmp_path):
     with ScriptedServer([Reply(GOOD, delay_s=0.2)]) as srv:
         client = client_for(srv.base_url, tmp_path, cache="read_write")
-
-        async def same_five():
-            try:
-                return await asyncio.gather(*[client.call(MESSAGES, Answer) for _ in range(5)])
-            finally:
-                await client.aclose()
-
-        results = run(same_five())
+        results = run(gather_and_close(client, [MESSAGES] * 5))
     assert srv.count == 1 and all(r.ok for r in results)
     assert sum(r.from_cache for r in results) == 4 and client.snapshot()["cache_hits"] == 4
 
@@ -389,14 +383,7 @@ def test_idle_endpoints_share_load_and_retries_move_away(tmp_path):
 def test_concurrency_is_bounded(tmp_path):
     with ScriptedServer([Reply(GOOD, delay_s=0.1)]) as srv:
         client = client_for(srv.base_url, tmp_path, concurrency=3)
-
-        async def twelve():
-            try:
-                return await asyncio.gather(*[client.call(build_messages("s", f"q{i}"), Answer) for i in range(12)])
-            finally:
-                await client.aclose()
-
-        results = run(twelve())
+        results = run(gather_and_close(client, [build_messages("s", f"q{i}") for i in range(12)]))
     assert all(r.ok for r in results) and srv.max_in_flight == 3
 
 
@@ -519,3 +506,13 @@ def test_importing_the_llm_package_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_set_endpoints_keeps_known_endpoints_and_rejects_none():
+    client = LLMClient(["http://a:8000/v1", "http://b:8000"], model="m")
+    a, b = client.endpoints
+    assert client.set_endpoints(["http://b:8000/v1/", "http://c:8000/v1"]) == 2
+    assert client.endpoints[0] is b and client.endpoints[1].url.startswith("http://c:8000")
+    assert a not in client.endpoints
+    with pytest.raises(UserError, match="llm.endpoints"):
+        client.set_endpoints([])

@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .. import atomic
 from ..config import PagesConfig
 from ..errors import UserError
 from .tables import Dataset
@@ -218,9 +219,7 @@ def summarize(rollouts: pa.Table) -> RolloutSummary:
 
 def write_rollouts(rollouts: pa.Table, path: str | os.PathLike) -> None:
     """Atomic write: a reader never sees half a file."""
-    tmp = f"{path}.tmp"
-    pq.write_table(rollouts, tmp)
-    os.replace(tmp, path)
+    atomic.write_parquet(rollouts, path)
 
 
 def read_rollouts(path: str | os.PathLike) -> pa.Table:

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from .. import atomic
 from ..errors import DataError
 
 INTERACTIONS = pa.schema(
@@ -78,9 +79,7 @@ class Dataset:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for table_name in ("interactions", "items", "users"):
-            tmp = folder / f"{table_name}.parquet.tmp"
-            pq.write_table(getattr(self, table_name), tmp)
-            tmp.replace(folder / f"{table_name}.parquet")
+            atomic.write_parquet(getattr(self, table_name), folder / f"{table_name}.parquet")
         meta = {"name": self.name, "skipped": self.skipped, "source": self.source}
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 

@@ -228,6 +228,15 @@ class LLMClient:
         self._inflight: dict[str, asyncio.Future[CallResult[Any]]] = {}
         self._failures_lock = threading.Lock()
 
+    def set_endpoints(self, urls: Sequence[str]) -> int:
+        """Balance over these endpoints from now on (e.g. a vLLM replica was replaced at a new URL). Endpoints
+        kept keep their connections and health counters; calls in flight finish where they were sent."""
+        if not urls:
+            raise UserError("llm.endpoints: at least one OpenAI-compatible base URL is needed")
+        known = {ep.url: ep for ep in self.endpoints}
+        self.endpoints = [known.get(normalize_base_url(u)) or Endpoint(normalize_base_url(u)) for u in urls]
+        return len(self.endpoints)
+
     @classmethod
     def from_config(
         cls,
