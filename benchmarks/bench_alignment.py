@@ -132,7 +132,7 @@ def markdown(results: list[dict], command: str) -> str:
         for policy, macro in r["macro"].items():
             for name, d in macro["distributions"].items():
                 w, mh, ms = d.get("wasserstein"), d.get("mean_human"), d.get("mean_simulated")
-                lines.append(f"| {policy} | {name} | {d['kl']:.3f} | {num(w)} | {num(mh)} | {num(ms)} |")
+                lines.append(f"| {policy} | {name} | {num(d['kl'])} | {num(w)} | {num(mh)} | {num(ms)} |")
         lines += ["", "timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["timings"].items()), ""]
     return "\n".join(lines) + "\n"
 
