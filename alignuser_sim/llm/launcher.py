@@ -32,7 +32,6 @@ xgrammar without whitespace padding. On a GPU the same module runs without `--en
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import importlib.metadata
 import importlib.util
 import json
@@ -43,7 +42,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -51,6 +50,7 @@ import httpx
 
 from ..errors import UserError
 from ..paths import cache_dir
+from .reaper import sigterm_when_parent_dies
 
 if TYPE_CHECKING:
     from ..config import LLMConfig
@@ -164,22 +164,6 @@ def _ppid(entry: Path) -> int | None:
     except OSError:
         return None
     return int(stat[stat.rfind(")") + 2 :].split()[1])
-
-
-def _pdeathsig() -> Callable[[], None] | None:
-    """A preexec_fn asking the kernel to SIGTERM the child when its parent dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, int(signal.SIGTERM))
-
-    return preexec
 
 
 def resolve_model(model: str | Path | None, *, prepare: bool = True) -> tuple[str, bool]:
@@ -367,7 +351,7 @@ class VLLMServer:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_pdeathsig() if self.die_with_parent else None,  # noqa: PLW1509
+            preexec_fn=sigterm_when_parent_dies() if self.die_with_parent else None,  # noqa: PLW1509
         )
         self._pgid = self.process.pid  # new session: the leader's (the reaper's) pid is the group id
         self._finalizer = weakref.finalize(self, _stop_group, self.process, self._pgid, 5.0)

@@ -99,12 +99,12 @@ def terminate_group(child: subprocess.Popen[bytes], grace_s: float) -> None:
         child.wait(timeout=5)
 
 
-def _die_with_reaper() -> object:
-    """A preexec_fn asking the kernel to SIGTERM the child when the reaper dies (Linux; else None).
-
-    The one death the reaper cannot handle is its own SIGKILL, and Ray sends exactly that: a Ray worker
-    that exits SIGKILLs its direct children (RAY_kill_child_processes_on_worker_exit), and the reaper is
-    one when a vLLM replica actor is killed. Without this the server would live on with no parent."""
+def sigterm_when_parent_dies() -> object:
+    """A preexec_fn asking the kernel to SIGTERM the child when the process forking it dies (Linux; else
+    None). The launcher uses it for the reaper (the Python that started the server dies), the reaper for
+    the server: the one death the reaper cannot handle is its own SIGKILL, and Ray sends exactly that (a
+    Ray worker that exits SIGKILLs its direct children, RAY_kill_child_processes_on_worker_exit, and the
+    reaper is one when a vLLM replica actor is killed); without it the server would live on, parentless."""
     if not sys.platform.startswith("linux"):
         return None
     import ctypes
@@ -113,11 +113,11 @@ def _die_with_reaper() -> object:
         prctl = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-    reaper = os.getpid()
+    parent = os.getpid()
 
     def preexec() -> None:
         prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-        if os.getppid() != reaper:  # the reaper died between fork and prctl
+        if os.getppid() != parent:  # the parent died between fork and prctl
             os.kill(os.getpid(), signal.SIGTERM)
 
     return preexec
@@ -160,7 +160,7 @@ def main(args: list[str] | None = None) -> int:
     if parent is not None and os.getppid() != parent:
         return 128 + signal.SIGTERM  # the parent died before its death signal was armed
     try:
-        child = subprocess.Popen(command, preexec_fn=_die_with_reaper())  # noqa: PLW1509
+        child = subprocess.Popen(command, preexec_fn=sigterm_when_parent_dies())  # noqa: PLW1509
     except OSError as exc:
         print(f"reaper: cannot run {command[0]}: {exc}", file=sys.stderr)
         return 127
