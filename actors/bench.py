@@ -4,7 +4,7 @@ outside, with the CPU time and memory of its actor processes.
 `simulate(scenario, out)` runs one simulation with `run_on_ray` while `ProcessSampler` reads the actor
 processes' CPU and RSS from /proc (Ray titles them `ray::PersonaShard...`, `ray::Coordinator...`); the row
 it returns has the run's totals, rates, latency percentiles and cost per agent. `bench_cli.py` drives it for
-the scaling curve (against `alignuser_sim.bench.FakeServer`), the live comparison with vLLM's own
+the scaling curve (against `alignuser_sim.bench.throughput.FakeServer`), the live comparison with vLLM's own
 benchmark and the naive loop.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 
 from rich.console import Console
 
-from alignuser_sim.bench import ProcessSampler, rates
+from alignuser_sim.bench.throughput import ProcessSampler, rates
 from alignuser_sim.config import Scenario, scenario_from_dict
-from alignuser_sim.runs import RunPlan
+from alignuser_sim.simulation.runs import RunPlan
 
 ACTOR_GROUPS = (("ray::PersonaShard", "shards"), ("ray::Coordinator", "coordinator"),
                 ("ray::RecommenderActor", "recommender"))

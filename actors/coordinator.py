@@ -21,10 +21,10 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from alignuser_sim.events import Event, EventLog, RunLock
 from alignuser_sim.llm.accounting import Accounting
-from alignuser_sim.runs import RunPlan, finish_run
-from alignuser_sim.simulation import Driver, PageRequest
+from alignuser_sim.simulation.driver import Driver, PageRequest
+from alignuser_sim.simulation.events import Event, EventLog, RunLock
+from alignuser_sim.simulation.runs import RunPlan, finish_run
 
 from .recommender import RecommenderActor
 from .shard import PersonaShard

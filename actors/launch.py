@@ -26,11 +26,11 @@ from typing import Any
 
 from rich.console import Console
 
-from alignuser_sim.cli_progress import progress_bar
+from alignuser_sim.cli.common import progress_bar
 from alignuser_sim.config import Scenario
 from alignuser_sim.errors import UserError
 from alignuser_sim.llm.launcher import embedded_endpoints
-from alignuser_sim.runs import RunPlan, plan_run, resume_plan
+from alignuser_sim.simulation.runs import RunPlan, plan_run, resume_plan
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,13 @@ from typing import Any
 
 import ray
 
+from alignuser_sim.agent.policy import PolicySetup
 from alignuser_sim.config import LLMConfig
-from alignuser_sim.events import Event
+from alignuser_sim.core import Catalogue
+from alignuser_sim.data.personas import Persona
 from alignuser_sim.llm import LLMClient
-from alignuser_sim.personas import Persona
-from alignuser_sim.policy import PolicySetup
-from alignuser_sim.simulation import Catalogue, PageRequest, ShardCore
+from alignuser_sim.simulation.driver import PageRequest, ShardCore
+from alignuser_sim.simulation.events import Event
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0)

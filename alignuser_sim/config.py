@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ScenarioError
+from alignuser_sim.errors import ScenarioError
 
 DatasetName = Literal["ml-100k", "ml-1m-agent4rec", "amazon-books", "steam", "generic"]
 RecommenderName = Literal["random", "pop", "itemknn", "mf", "lightgcn"]

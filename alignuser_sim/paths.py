@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .errors import UserError
+from alignuser_sim.errors import UserError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 

@@ -38,9 +38,9 @@ from pydantic import BaseModel, ConfigDict
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from alignuser_sim.bench.pages import PERSONAS, SYSTEM, page_call  # noqa: E402
 from alignuser_sim.llm import LLMClient, build_messages, response_format_for  # noqa: E402
 from alignuser_sim.llm.launcher import VLLMServer  # noqa: E402
-from alignuser_sim.testing.pages import PERSONAS, SYSTEM, page_call  # noqa: E402
 
 CALLS_PER_CONCURRENCY = {1: 4, 8: 16, 32: 32, 64: 64}
 

@@ -26,8 +26,8 @@ RESULTS = Path(__file__).parent / "results"
 def measure(name: str, repeat: int, ratio: int) -> dict:
     from alignuser_sim.config import scenario_from_dict
     from alignuser_sim.data import load_dataset
+    from alignuser_sim.data.population import users_with_interactions
     from alignuser_sim.data.rollouts import build_rollouts, summarize
-    from alignuser_sim.population import users_with_interactions
 
     scenario = scenario_from_dict({"dataset": {"name": name}, "pages": {"distractor_ratio": ratio}})
     load_dataset(scenario.dataset)  # warm the Parquet cache

@@ -44,10 +44,11 @@ def scenario_for(agents: int, pages: int, endpoint: str, cache: str, out: Path, 
 def memory_per_agent(agents: int) -> float:
     """Bytes allocated per hosted agent (persona + PersonaAgent + its share of the shard's dicts)."""
     from alignuser_sim.config import scenario_from_dict
+    from alignuser_sim.core import Catalogue
     from alignuser_sim.data import load_dataset
-    from alignuser_sim.personas import build_personas
-    from alignuser_sim.population import select_population
-    from alignuser_sim.simulation import Catalogue, ShardCore
+    from alignuser_sim.data.personas import build_personas
+    from alignuser_sim.data.population import select_population
+    from alignuser_sim.simulation.driver import ShardCore
 
     sc = scenario_from_dict({"dataset": {"name": "steam"}, "population": {"size": agents, "sampling": "first"}})
     ds = load_dataset(sc.dataset)

@@ -50,8 +50,9 @@ def check_exactly_once(run_dir, agents, page_cap):
 
 
 def test_library_never_imports_ray():
-    code = ("import sys, alignuser_sim.cli, alignuser_sim.runs, alignuser_sim.simulation, alignuser_sim.agent, "
-            "alignuser_sim.recommenders; assert 'ray' not in sys.modules, 'ray imported'")
+    code = ("import sys, alignuser_sim.cli, alignuser_sim.simulation.runs, alignuser_sim.simulation.driver, "
+            "alignuser_sim.agent.persona_agent, alignuser_sim.recommenders; "
+            "assert 'ray' not in sys.modules, 'ray imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from alignuser_sim.bench import (
+from alignuser_sim.bench.throughput import (
     AGENT4REC_POOL,
     FakeServer,
     ProcessSampler,
@@ -22,8 +22,8 @@ from alignuser_sim.bench import (
     rates,
     write_results,
 )
-from alignuser_sim.events import Event, EventLog
-from alignuser_sim.simulation import Driver, PageRequest
+from alignuser_sim.simulation.driver import Driver, PageRequest
+from alignuser_sim.simulation.events import Event, EventLog
 
 
 class CountingRecommender:
@@ -111,7 +111,7 @@ def test_driver_streams_decisions_back_as_they_finish(tmp_path):
 
 
 def test_fake_server_answers_page_decisions_after_its_latency():
-    from alignuser_sim.agent import PageDecision, page_schema
+    from alignuser_sim.agent.persona_agent import PageDecision, page_schema
     from alignuser_sim.llm import LLMClient
 
     with FakeServer(latency_s=0.2, jitter=0.0) as server:
@@ -135,10 +135,10 @@ def test_fake_server_answers_page_decisions_after_its_latency():
 
 def test_naive_loop_one_blocking_call_per_agent_page():
     from alignuser_sim.config import DatasetConfig, RecommenderConfig
+    from alignuser_sim.core import Catalogue
     from alignuser_sim.data import load_dataset
-    from alignuser_sim.personas import build_personas
+    from alignuser_sim.data.personas import build_personas
     from alignuser_sim.recommenders import make_recommender
-    from alignuser_sim.simulation import Catalogue
 
     ml100k = load_dataset(DatasetConfig(name="ml-100k"))
     users = sorted(set(ml100k.interactions["user_id"].to_pylist()))[:12]
@@ -203,7 +203,7 @@ def test_bench_scale_command_on_local_ray(ray_local, tmp_path):
 
 
 def test_bench_rejects_bad_sizes():
-    from alignuser_sim.bench_cli import _ints
+    from alignuser_sim.cli.bench import _ints
     from alignuser_sim.errors import UserError
 
     assert _ints("100,1_000", "--agents") == [100, 1000]

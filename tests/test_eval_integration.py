@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from alignuser_sim.cli import app
-from alignuser_sim.compare import simulate_all, variant
 from alignuser_sim.config import dump_scenario, load_scenario, scenario_from_dict
+from alignuser_sim.evaluation.ranking import simulate_all, variant
 
 
 @pytest.mark.integration
@@ -90,8 +90,8 @@ def test_simulate_all_keeps_resumes_and_starts(tmp_path):
 
 
 def test_a_compare_folder_of_another_setup_is_refused(tmp_path):
-    from alignuser_sim.compare import write_plan
     from alignuser_sim.errors import UserError
+    from alignuser_sim.evaluation.ranking import write_plan
 
     scenario = scenario_from_dict({"name": "x", "dataset": {"name": "ml-100k"}, "population": {"size": 5}})
     write_plan(tmp_path, scenario, ["random", "pop"])

@@ -15,7 +15,7 @@ from alignuser_sim.config import scenario_from_dict
 from alignuser_sim.data import load_dataset
 from alignuser_sim.data.holdout import split_dataset
 from alignuser_sim.errors import UserError
-from alignuser_sim.evaluation import (
+from alignuser_sim.evaluation.micro import (
     MAX_RATIO,
     build_cases,
     open_stores,
@@ -238,7 +238,7 @@ def test_eval_json_written_by_cli_path(tmp_path):
 
 def test_summarize_a_hand_made_table(tmp_path):
     """Two policies, two users, one ratio; every number below is counted by hand."""
-    from alignuser_sim.evaluation import DECISION_KEY, DECISIONS, RATING_KEY, RATINGS, PartStore
+    from alignuser_sim.evaluation.micro import DECISION_KEY, DECISIONS, RATING_KEY, RATINGS, PartStore
 
     (tmp_path / "plan.json").write_text(json.dumps({"bootstrap": 0, "seed": 0, "users": ["u1", "u2"]}))
     decisions = PartStore(tmp_path, "decisions", DECISIONS, DECISION_KEY)
@@ -282,8 +282,8 @@ def test_summarize_a_hand_made_table(tmp_path):
 def test_two_policies_on_the_same_users_and_pages(tmp_path):
     """alignuser's learning (lessons, world-model lines) reaches both its page and its rating prompts; the
     pages are the same for both policies; the summary pairs them."""
+    from alignuser_sim.agent.policy import PolicySetup
     from alignuser_sim.config import PolicyConfig
-    from alignuser_sim.policy import PolicySetup
 
     class Lessons:
         def retrieve(self, query, k):
@@ -309,7 +309,7 @@ def test_two_policies_on_the_same_users_and_pages(tmp_path):
     assert sorted(pages[True]) == sorted(pages[False])  # the very same pages
     assert [d["ratio"] for d in summary["deltas"]] == [1, 3] and all(d["users"] == 4 for d in summary["deltas"])
     assert all(d["f1"]["value"] == 0 for d in summary["deltas"])  # both watch everything: no difference
-    from alignuser_sim.report import build_report, find_inputs
+    from alignuser_sim.evaluation.report import build_report, find_inputs
 
     build_report(find_inputs(plan.folder), tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()

@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from alignuser_sim.agent.policy import PolicySetup
 from alignuser_sim.config import load_scenario
+from alignuser_sim.core import Catalogue
 from alignuser_sim.data import load_dataset
-from alignuser_sim.personas import build_personas
-from alignuser_sim.policy import PolicySetup
-from alignuser_sim.simulation import Catalogue
+from alignuser_sim.data.personas import build_personas
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 ALIGNUSER_SIM = str(Path(sys.executable).parent / "alignuser-sim")

@@ -500,7 +500,7 @@ def test_from_config():
 
 def test_importing_the_llm_package_is_light():
     code = (
-        "import sys, alignuser_sim.llm, alignuser_sim.llm.cli, alignuser_sim.testing;"
+        "import sys, alignuser_sim.llm, alignuser_sim.cli.llm, alignuser_sim.testing;"
         "heavy = [m for m in ('vllm', 'torch', 'transformers', 'ray', 'openai') if m in sys.modules];"
         "print(heavy)"
     )

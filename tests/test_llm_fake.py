@@ -8,9 +8,9 @@ import random
 import pytest
 from pydantic import BaseModel
 
+from alignuser_sim.bench.pages import page_call, page_decision_model
 from alignuser_sim.llm import Completion, build_messages, json_schema_for
 from alignuser_sim.testing import ScriptedLLM, example_from_schema, http_error, timeout
-from alignuser_sim.testing.pages import page_call, page_decision_model
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from alignuser_sim.bench.pages import FEELING_MAX, THOUGHT_MAX, page_call
 from alignuser_sim.llm import LLMClient, build_messages
-from alignuser_sim.testing.pages import FEELING_MAX, THOUGHT_MAX, page_call
 
 from .fixtures_llm import vllm_metrics
 

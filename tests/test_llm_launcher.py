@@ -16,9 +16,9 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from alignuser_sim.cli.llm import app
 from alignuser_sim.errors import UserError
 from alignuser_sim.llm import launcher, model_prep
-from alignuser_sim.llm.cli import app
 from alignuser_sim.llm.launcher import LauncherError, VLLMServer, free_port
 
 pytestmark = pytest.mark.timeout(60)
@@ -145,7 +145,7 @@ def test_port_in_use_is_a_user_error(fake_server):
 REPO = Path(__file__).resolve().parents[1]
 
 # Starts the fake server, prints "PGID PID" once healthy, then sleeps until killed. With CLI, it runs inside
-# `alignuser_sim.cli.main()` (a one-command app replaces the real one) and holds the server in a `with`;
+# `alignuser_sim.cli.root.main()` (a one-command app replaces the real one) and holds the server in a `with`;
 # CLI=exit130 handles the interrupt itself the way `run` and `eval` do.
 PARENT = textwrap.dedent(
     """
@@ -158,7 +158,7 @@ PARENT = textwrap.dedent(
 
     if os.environ.get("CLI"):
         import typer
-        import alignuser_sim.cli as cli
+        import alignuser_sim.cli.root as cli
         cli.app = typer.Typer()
 
         @cli.app.command()
@@ -367,7 +367,7 @@ CLI_WITH_FAKE_SERVER = textwrap.dedent(
         kwargs.update(argv=[sys.executable, script, "{port}", pidfile], log_path=log)
         return real(model, **kwargs)
     launcher.VLLMServer = fake
-    from alignuser_sim.llm.cli import app
+    from alignuser_sim.cli.llm import app
     app(["serve", "--model", sys.argv[4]], standalone_mode=True)
     """
 )

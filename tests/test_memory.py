@@ -5,9 +5,8 @@ import pickle
 import numpy as np
 import pytest
 
-from alignuser_sim import memory
-from alignuser_sim.errors import UserError
-from alignuser_sim.memory import (
+from alignuser_sim.agent import memory
+from alignuser_sim.agent.memory import (
     LessonMemory,
     build_memory,
     load_lesson_memories,
@@ -15,6 +14,7 @@ from alignuser_sim.memory import (
     tokens,
     write_memories,
 )
+from alignuser_sim.errors import UserError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from alignuser_sim.compare import user_outcomes
+from alignuser_sim.evaluation.ranking import user_outcomes
 from alignuser_sim.metrics.bootstrap import bootstrap, percentile_interval
 from alignuser_sim.metrics.macro import (
     compare,

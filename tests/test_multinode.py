@@ -1,7 +1,7 @@
 """Two Ray nodes on one machine (`ray.cluster_utils.Cluster`): shards spread over both, the worker node
 removed mid-run, its shards restart on the head node, and the run completes with no event lost or doubled.
 
-The LLM is the fake server of `alignuser_sim.bench` (fast), so the test runs in seconds. The cluster is this
+The LLM is the fake server of `alignuser_sim.bench.throughput` (fast), so the test runs in seconds. The cluster is this
 module's own: Ray is shut down before (another module's local Ray) and after it.
 """
 
@@ -11,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from alignuser_sim.bench import FakeServer
+from alignuser_sim.bench.throughput import FakeServer
 from alignuser_sim.config import scenario_from_dict
 
 ray = pytest.importorskip("ray")

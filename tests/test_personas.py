@@ -6,14 +6,14 @@ import pytest
 
 from alignuser_sim.config import scenario_from_dict
 from alignuser_sim.data import load_dataset
-from alignuser_sim.data.tables import Dataset, make_interactions, make_items
-from alignuser_sim.personas import (
+from alignuser_sim.data.personas import (
     build_personas,
     genres_to_cover,
     levels,
     personas_from_table,
     personas_table,
 )
+from alignuser_sim.data.tables import Dataset, make_interactions, make_items
 
 
 def test_genres_to_cover_by_hand():

@@ -4,12 +4,12 @@ evaluated on."""
 import pyarrow as pa
 import pytest
 
-from alignuser_sim.agent import ItemView
+from alignuser_sim.agent.policy import PolicySetup
 from alignuser_sim.config import scenario_from_dict
+from alignuser_sim.core import ItemView
 from alignuser_sim.data.holdout import heldout_mask
+from alignuser_sim.data.personas import Persona
 from alignuser_sim.errors import UserError
-from alignuser_sim.personas import Persona
-from alignuser_sim.policy import PolicySetup
 
 PAGE = [ItemView("1", "Toy Story", ("Animation",)), ItemView("2", "Heat", ("Action",))]
 

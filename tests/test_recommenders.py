@@ -337,7 +337,7 @@ def test_mf_numpy_backend_behaves_like_implicit(cluster_data):
 def test_cli_offline_prints_the_table_and_rejects_bad_names(tmp_path):
     from typer.testing import CliRunner
 
-    from alignuser_sim.recommenders.cli import app
+    from alignuser_sim.cli.recommenders import app
 
     ds = temporal_dataset()
     csv = tmp_path / "inter.csv"

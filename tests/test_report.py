@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from alignuser_sim.compare import offline_per_user, simulate_all, summarize_compare, write_plan
 from alignuser_sim.config import scenario_from_dict
-from alignuser_sim.evaluation import open_stores, pending_tasks, plan_eval, run_eval
-from alignuser_sim.runs import plan_run, resume_plan, run_local
+from alignuser_sim.evaluation.micro import open_stores, pending_tasks, plan_eval, run_eval
+from alignuser_sim.evaluation.ranking import offline_per_user, simulate_all, summarize_compare, write_plan
+from alignuser_sim.simulation.runs import plan_run, resume_plan, run_local
 from alignuser_sim.testing.fake_llm import ScriptedLLM
 from alignuser_sim.testing.fake_users import fake_user_responder
 

@@ -7,9 +7,9 @@ import pytest
 
 from alignuser_sim.config import PagesConfig, PopulationConfig, scenario_from_dict
 from alignuser_sim.data import load_dataset
+from alignuser_sim.data.population import select_population
 from alignuser_sim.data.rollouts import build_rollouts, summarize
 from alignuser_sim.data.tables import Dataset, make_interactions, make_items
-from alignuser_sim.population import select_population
 
 
 def tiny_dataset() -> Dataset:

@@ -7,12 +7,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alignuser_sim.agent import PageDecision, PersonaAgent, check_decision, page_schema
+from alignuser_sim.agent.persona_agent import PageDecision, PersonaAgent, check_decision, page_schema
 from alignuser_sim.config import scenario_from_dict
-from alignuser_sim.events import EVENTS, EventLog, MacroStats
-from alignuser_sim.personas import Persona
-from alignuser_sim.runs import plan_run, run_local
-from alignuser_sim.simulation import Catalogue, ItemView
+from alignuser_sim.core import Catalogue
+from alignuser_sim.data.personas import Persona
+from alignuser_sim.simulation.driver import ItemView
+from alignuser_sim.simulation.events import EVENTS, EventLog, MacroStats
+from alignuser_sim.simulation.runs import plan_run, run_local
 from alignuser_sim.testing.fake_llm import ScriptedLLM
 from alignuser_sim.testing.fake_users import fake_user_responder
 
@@ -125,7 +126,7 @@ def test_resume_completes_with_no_event_lost_or_duplicated(scenario, tmp_path):
     pq.write_table(pa.Table.from_pylist(rows, schema=EVENTS), events_dir / "part-killed-000001.parquet")
     kept = len(rows)
     assert 0 < kept < full["decisions"]
-    from alignuser_sim.runs import resume_plan
+    from alignuser_sim.simulation.runs import resume_plan
 
     resumed_plan = resume_plan(tmp_path / "part")
     resumed_plan.run_id = whole.run_id
@@ -140,7 +141,7 @@ def test_resume_completes_with_no_event_lost_or_duplicated(scenario, tmp_path):
 
 
 def test_event_log_is_idempotent_on_the_key(tmp_path):
-    from alignuser_sim.events import Event
+    from alignuser_sim.simulation.events import Event
 
     def ev(page):
         return Event("r", "a", 0, page, ["1"], [True], [4], ["ok"], "t", "next_page", None, 0, 1, 1, 0.1,
@@ -157,7 +158,7 @@ def test_event_log_is_idempotent_on_the_key(tmp_path):
 
 
 def test_macro_stats_by_hand():
-    from alignuser_sim.events import Event
+    from alignuser_sim.simulation.events import Event
 
     s = MacroStats()
     s.add(Event("r", "a", 0, 0, ["1", "2"], [True, True], [5, 3], ["", ""], None, "next_page", None, 0, 10, 5,
@@ -205,7 +206,7 @@ def test_llm_server_down_for_a_while_the_run_backs_off_and_continues(scenario, t
 
 
 def test_macro_stats_merge_equals_one_stream():
-    from alignuser_sim.events import Event
+    from alignuser_sim.simulation.events import Event
 
     def ev(page, latency, rating):
         return Event("r", "a", 0, page, ["1"], [True], [rating], [""], None, "next_page", None, 0, 3, 2, latency,

@@ -7,16 +7,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alignuser_sim.agent import ItemView
 from alignuser_sim.config import RecommenderConfig
-from alignuser_sim.recommenders import make_recommender
-from alignuser_sim.testing import ScriptedLLM
-from alignuser_sim.worldmodel import (
-    Action,
-    NextState,
+from alignuser_sim.core import Action, ItemView, NextState, State
+from alignuser_sim.learning.world_model import (
     Predicted,
     Prediction,
-    State,
     WorldModelHints,
     candidate_genres,
     candidate_items,
@@ -31,6 +26,8 @@ from alignuser_sim.worldmodel import (
     true_next_state,
     truth_reply,
 )
+from alignuser_sim.recommenders import make_recommender
+from alignuser_sim.testing import ScriptedLLM
 
 pytestmark = pytest.mark.timeout(60)
 

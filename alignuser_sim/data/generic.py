@@ -27,9 +27,9 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
-from ..config import DatasetConfig, TableColumns
-from ..errors import DataError
-from .tables import INTERACTIONS, Dataset, make_items
+from alignuser_sim.config import DatasetConfig, TableColumns
+from alignuser_sim.data.tables import INTERACTIONS, Dataset, make_items
+from alignuser_sim.errors import DataError
 
 log = logging.getLogger(__name__)
 

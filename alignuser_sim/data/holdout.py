@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .tables import Dataset
+from alignuser_sim.data.tables import Dataset
 
 HELDOUT_FRACTION = 0.2
 

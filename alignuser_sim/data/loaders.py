@@ -12,9 +12,9 @@ import importlib
 import json
 from pathlib import Path
 
-from ..config import DatasetConfig
-from ..paths import cache_dir
-from .tables import Dataset, check_dataset
+from alignuser_sim.config import DatasetConfig
+from alignuser_sim.data.tables import Dataset, check_dataset
+from alignuser_sim.paths import cache_dir
 
 LOADER_VERSION = 1
 LOADERS = {

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from ..config import DatasetConfig
-from ..errors import DataError, UserError
-from ..paths import cache_dir, locate_dataset
-from .tables import Dataset, make_interactions, make_items
+from alignuser_sim.config import DatasetConfig
+from alignuser_sim.data.tables import Dataset, make_interactions, make_items
+from alignuser_sim.errors import DataError, UserError
+from alignuser_sim.paths import cache_dir, locate_dataset
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ user's pages do not change when the population around them does.
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,10 +25,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import atomic
-from ..config import PagesConfig
-from ..errors import UserError
-from .tables import Dataset
+from alignuser_sim import store
+from alignuser_sim.config import PagesConfig
+from alignuser_sim.core import user_rng
+from alignuser_sim.data.tables import Dataset
+from alignuser_sim.errors import UserError
 
 ROLLOUTS = pa.schema(
     [
@@ -59,10 +59,6 @@ class RolloutSummary:
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
-
-
-def user_rng(seed: int, user_id: str) -> np.random.Generator:
-    return np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(user_id.encode())])
 
 
 def _session_ids(ts: np.ndarray | None, split: list[str | None] | None, gap_s: float) -> np.ndarray:
@@ -219,7 +215,7 @@ def summarize(rollouts: pa.Table) -> RolloutSummary:
 
 def write_rollouts(rollouts: pa.Table, path: str | os.PathLike) -> None:
     """Atomic write: a reader never sees half a file."""
-    atomic.write_parquet(rollouts, path)
+    store.write_parquet(rollouts, path)
 
 
 def read_rollouts(path: str | os.PathLike) -> pa.Table:

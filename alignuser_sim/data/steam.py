@@ -34,10 +34,10 @@ from typing import Any
 
 import pyarrow as pa
 
-from ..config import DatasetConfig
-from ..errors import DataError
-from ..paths import locate_dataset
-from .tables import Dataset, make_interactions, make_items
+from alignuser_sim.config import DatasetConfig
+from alignuser_sim.data.tables import Dataset, make_interactions, make_items
+from alignuser_sim.errors import DataError
+from alignuser_sim.paths import locate_dataset
 
 log = logging.getLogger(__name__)
 

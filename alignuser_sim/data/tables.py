@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import atomic
-from ..errors import DataError
+from alignuser_sim import store
+from alignuser_sim.errors import DataError
 
 INTERACTIONS = pa.schema(
     [
@@ -79,7 +79,7 @@ class Dataset:
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         for table_name in ("interactions", "items", "users"):
-            atomic.write_parquet(getattr(self, table_name), folder / f"{table_name}.parquet")
+            store.write_parquet(getattr(self, table_name), folder / f"{table_name}.parquet")
         meta = {"name": self.name, "skipped": self.skipped, "source": self.source}
         (folder / "meta.json").write_text(json.dumps(meta, indent=1))
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .accounting import Accounting, LatencyHistogram
-from .cache import CacheEntry, CompletionCache, ReplayMissError, cache_key
-from .client import CallResult, Completion, LLMClient, TransportError, Usage
-from .prompts import build_messages
-from .schemas import json_schema_for, response_format_for
+from alignuser_sim.llm.accounting import Accounting, LatencyHistogram
+from alignuser_sim.llm.cache import CacheEntry, CompletionCache, ReplayMissError, cache_key
+from alignuser_sim.llm.client import CallResult, Completion, LLMClient, TransportError, Usage
+from alignuser_sim.llm.prompts import build_messages
+from alignuser_sim.llm.schemas import json_schema_for, response_format_for
 
 if TYPE_CHECKING:
-    from .launcher import LauncherError, VLLMServer, embedded_endpoints
-    from .model_prep import model_dir, prepare_model
+    from alignuser_sim.llm.launcher import LauncherError, VLLMServer, embedded_endpoints
+    from alignuser_sim.llm.model_prep import model_dir, prepare_model
 
 __all__ = [
     "Accounting",

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import UserError
-from ..paths import cache_dir, home
+from alignuser_sim.errors import UserError
+from alignuser_sim.paths import cache_dir, home
 
 CacheMode = Literal["off", "read_write", "replay"]
 KEY_VERSION = 1

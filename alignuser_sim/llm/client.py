@@ -51,13 +51,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ValidationError
 
-from ..errors import UserError
-from .accounting import Accounting
-from .cache import CacheEntry, CacheMode, CompletionCache, ReplayMissError, cache_key
-from .schemas import json_schema_for, response_format_for
+from alignuser_sim.errors import UserError
+from alignuser_sim.llm.accounting import Accounting
+from alignuser_sim.llm.cache import CacheEntry, CacheMode, CompletionCache, ReplayMissError, cache_key
+from alignuser_sim.llm.schemas import json_schema_for, response_format_for
 
 if TYPE_CHECKING:
-    from ..config import LLMConfig
+    from alignuser_sim.config import LLMConfig
 
 log = logging.getLogger("alignuser_sim.llm")
 

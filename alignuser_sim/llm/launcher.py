@@ -48,12 +48,12 @@ from typing import TYPE_CHECKING, Literal
 
 import httpx
 
-from ..errors import UserError
-from ..paths import cache_dir
-from .reaper import sigterm_when_parent_dies
+from alignuser_sim.errors import UserError
+from alignuser_sim.llm.reaper import sigterm_when_parent_dies
+from alignuser_sim.paths import cache_dir
 
 if TYPE_CHECKING:
-    from ..config import LLMConfig
+    from alignuser_sim.config import LLMConfig
 
 Device = Literal["auto", "cpu", "gpu"]
 STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": True}
@@ -168,7 +168,7 @@ def _ppid(entry: Path) -> int | None:
 
 def resolve_model(model: str | Path | None, *, prepare: bool = True) -> tuple[str, bool]:
     """(model argument for vLLM, is a local folder). None = the embedded model (prepared if needed)."""
-    from . import model_prep
+    from alignuser_sim.llm import model_prep
 
     if model is None:
         if prepare:
@@ -286,7 +286,7 @@ class VLLMServer:
         if spec["served_model_name"]:
             served = spec["served_model_name"]
         elif spec["model"] is None:
-            from .model_prep import SERVED_MODEL_NAME
+            from alignuser_sim.llm.model_prep import SERVED_MODEL_NAME
 
             served = SERVED_MODEL_NAME
         else:
@@ -321,7 +321,7 @@ class VLLMServer:
 
     def reaper_command(self, argv: Sequence[str]) -> list[str]:
         """`argv` run under the reaper (by its file path: no package import in that extra process)."""
-        from . import reaper as reaper_module
+        from alignuser_sim.llm import reaper as reaper_module
 
         wrapper = [sys.executable, reaper_module.__file__, "--grace", f"{self.stop_timeout_s:g}"]
         if self.die_with_parent:

@@ -3,10 +3,10 @@ rating error), macro (distribution distances), ranking agreement (Kendall tau), 
 puts a 95% interval on each. The runners that produce their inputs are `evaluation.py` (micro),
 `compare.py` (ranking) and `report.py` (macro from a run folder)."""
 
-from .bootstrap import Estimate, bootstrap
-from .macro import kl_divergence, total_variation, wasserstein
-from .micro import confusion, rating_sums
-from .ranking import kendall_tau, tau_estimate
+from alignuser_sim.metrics.bootstrap import Estimate, bootstrap
+from alignuser_sim.metrics.macro import kl_divergence, total_variation, wasserstein
+from alignuser_sim.metrics.micro import confusion, rating_sums
+from alignuser_sim.metrics.ranking import kendall_tau, tau_estimate
 
 __all__ = ["Estimate", "bootstrap", "confusion", "kendall_tau", "kl_divergence", "rating_sums", "tau_estimate",
            "total_variation", "wasserstein"]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bootstrap import Estimate, bootstrap_many
+from alignuser_sim.metrics.bootstrap import Estimate, bootstrap_many
 
 CONFUSION = ("tp", "fp", "fn", "tn")
 CLASSIFICATION_METRICS = ("accuracy", "precision", "recall", "f1")

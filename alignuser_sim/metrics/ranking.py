@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .bootstrap import Estimate, finite_or_none, percentile_interval, resamples
+from alignuser_sim.metrics.bootstrap import Estimate, finite_or_none, percentile_interval, resamples
 
 
 def kendall_tau(x: np.ndarray, y: np.ndarray) -> float:

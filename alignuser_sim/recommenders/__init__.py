@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import importlib
 
-from ..config import RecommenderConfig
-from ..errors import UserError
-from .base import Recommender
+from alignuser_sim.config import RecommenderConfig
+from alignuser_sim.errors import UserError
+from alignuser_sim.recommenders.base import Recommender
 
 # name -> "module:Class", imported on first use (LightGCN pulls in torch, MF implicit)
 ALGORITHMS = {

@@ -36,7 +36,6 @@ Determinism: the model's seed comes from the scenario; Random draws from a gener
 from __future__ import annotations
 
 import math
-import zlib
 from abc import ABC, abstractmethod
 from array import array
 from collections.abc import Iterable
@@ -46,7 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..errors import UserError
+from alignuser_sim.errors import UserError
 
 STATE_VERSION = 1
 # scores of a batch are a (users x items) float matrix (and argpartition makes an index matrix as large):
@@ -434,5 +433,4 @@ def _top_k(scores: np.ndarray, k: int) -> list[np.ndarray]:
     return [row[np.isfinite(vals)] for row, vals in zip(part, top, strict=True)]
 
 
-def user_rng(seed: int, user_id: str, step: int) -> np.random.Generator:
-    return np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(user_id.encode()), step])
+

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from .base import Param, Recommender
+from alignuser_sim.recommenders.base import Param, Recommender
 
 # items per block when computing the item x item co-occurrences (bounds memory to n_items x BLOCK)
 BLOCK = 1024

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from ..errors import UserError
-from .base import Param, Recommender
+from alignuser_sim.errors import UserError
+from alignuser_sim.recommenders.base import Param, Recommender
 
 
 class LightGCNRecommender(Recommender):

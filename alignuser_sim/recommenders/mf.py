@@ -11,8 +11,8 @@ import logging
 
 import numpy as np
 
-from ..errors import UserError
-from .base import Param, Recommender
+from alignuser_sim.errors import UserError
+from alignuser_sim.recommenders.base import Param, Recommender
 
 log = logging.getLogger(__name__)
 # users per batched least-squares solve (each needs a factors x factors matrix)

@@ -27,10 +27,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..config import RecommenderConfig
-from ..data.tables import Dataset
-from ..errors import UserError
-from . import ALGORITHMS, make_recommender
+from alignuser_sim.config import RecommenderConfig
+from alignuser_sim.data.tables import Dataset
+from alignuser_sim.errors import UserError
+from alignuser_sim.recommenders import ALGORITHMS, make_recommender
 
 TEST_FRACTION = 0.2
 MIN_INTERACTIONS = 5

@@ -6,7 +6,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from .base import Param, Recommender, user_rng
+from alignuser_sim.core import user_rng
+from alignuser_sim.recommenders.base import Param, Recommender
 
 
 class RandomRecommender(Recommender):

@@ -6,8 +6,15 @@
 - `pages`: a page-decision schema and synthetic page prompts for LLM tests and benchmarks.
 """
 
-from .fake_llm import FakeRequest, ScriptedLLM, connection_error, example_from_schema, http_error, timeout
-from .http_server import Fault, Reply, ScriptedServer, drop, hold, status
+from alignuser_sim.testing.fake_llm import (
+    FakeRequest,
+    ScriptedLLM,
+    connection_error,
+    example_from_schema,
+    http_error,
+    timeout,
+)
+from alignuser_sim.testing.http_server import Fault, Reply, ScriptedServer, drop, hold, status
 
 __all__ = [
     "FakeRequest",

@@ -29,7 +29,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from ..llm.client import CallResult, Completion, Endpoint, LLMClient, T, TransportError
+from alignuser_sim.llm.client import CallResult, Completion, Endpoint, LLMClient, T, TransportError
 
 _current_output: contextvars.ContextVar[type[BaseModel] | None] = contextvars.ContextVar(
     "_current_output", default=None

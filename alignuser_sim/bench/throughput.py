@@ -6,7 +6,7 @@ are `alignuser-sim bench ...` (`bench_cli.py`); what the numbers mean is in docs
   thread) answering page decisions like the scripted user of `testing/fake_users.py`, after a latency
   drawn from a log-normal (median `latency_s`, spread `jitter`): a stand-in for a GPU vLLM server, so that
   the simulation's own cost shows at scales this CPU's real model (~0.4 calls/s) cannot reach. Also
-  runnable alone: `python -m alignuser_sim.bench fake-server --port 8000 --latency 1.0`.
+  runnable alone: `python -m alignuser_sim.bench.throughput fake-server --port 8000 --latency 1.0`.
 - `naive_loop`: the baseline the simulation is compared with: a thread pool making one blocking call per
   agent-page, as Agent4Rec does (`ThreadPoolExecutor(max_workers=500)` in its `simulate_all_avatars`), with
   the same prompts, schema, recommender and population as the simulation.
@@ -40,8 +40,8 @@ from typing import Any
 
 import httpx
 
-from .llm.accounting import LatencyHistogram
-from .testing.fake_users import fake_decision
+from alignuser_sim.llm.accounting import LatencyHistogram
+from alignuser_sim.testing.fake_users import fake_decision
 
 AGENT4REC_POOL = 500  # Agent4Rec's simulate_all_avatars: ThreadPoolExecutor(max_workers=500)
 SOURCE_NOTE = {
@@ -149,7 +149,7 @@ class FakeServer:
 
     def __init__(self, latency_s: float = 1.0, jitter: float = 0.5, host: str = "127.0.0.1", port: int | None = None,
                  seed: int = 0):
-        from .llm.launcher import free_port
+        from alignuser_sim.llm.launcher import free_port
 
         self.latency_s, self.jitter, self.host, self.seed = latency_s, jitter, host, seed
         self.port = port or free_port(host)
@@ -201,7 +201,7 @@ class FakeServer:
 
 def fake_server_argv(host: str, port: str, latency_s: float = 0.0, jitter: float = 0.0, seed: int = 0) -> list[str]:
     """The command line of a fake server (host and port may be the launcher's `{host}`/`{port}` templates)."""
-    return [sys.executable, "-m", "alignuser_sim.bench", "fake-server", "--host", host, "--port", port,
+    return [sys.executable, "-m", "alignuser_sim.bench.throughput", "fake-server", "--host", host, "--port", port,
             "--latency", str(latency_s), "--jitter", str(jitter), "--seed", str(seed)]
 
 
@@ -316,9 +316,9 @@ def naive_loop(
     recommender shared under a lock. Returns the same measures as a simulation run."""
     import openai
 
-    from .agent import PageDecision, check_decision, page_schema
-    from .llm.schemas import response_format_for
-    from .policy import PolicySetup
+    from alignuser_sim.agent.persona_agent import PageDecision, check_decision, page_schema
+    from alignuser_sim.agent.policy import PolicySetup
+    from alignuser_sim.llm.schemas import response_format_for
 
     client = openai.OpenAI(base_url=endpoint, api_key="EMPTY", max_retries=max_retries, timeout=timeout_s)
     policy = PolicySetup.prompt_only()
@@ -536,7 +536,7 @@ def plot_scaling(rows: Sequence[dict[str, Any]], path: Path, title: str) -> Path
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m alignuser_sim.bench")
+    parser = argparse.ArgumentParser(prog="python -m alignuser_sim.bench.throughput")
     sub = parser.add_subparsers(dest="command", required=True)
     fake = sub.add_parser("fake-server", help="Serve fake page decisions (OpenAI-compatible) until killed.")
     fake.add_argument("--host", default="127.0.0.1")

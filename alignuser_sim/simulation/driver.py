@@ -24,16 +24,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import pyarrow as pa
-
-from .agent import ItemView
-from .events import Event, EventLog, MacroStats
-from .personas import Persona
-from .policy import PolicySetup
+from alignuser_sim.agent.policy import PolicySetup
+from alignuser_sim.core import Catalogue, ItemView
+from alignuser_sim.data.personas import Persona
+from alignuser_sim.simulation.events import Event, EventLog, MacroStats
 
 log = logging.getLogger(__name__)
 
@@ -65,25 +63,6 @@ async def as_completed_chunks(aws: Iterable[Awaitable[Any]], max_chunk: int = 51
     finally:
         for task in tasks:
             task.cancel()
-
-
-class Catalogue:
-    """Item id -> what a user sees of it. Built once per process from the items table."""
-
-    def __init__(self, items: pa.Table):
-        ids = items["item_id"].to_pylist()
-        titles = items["title"].to_pylist()
-        genres = items["genres"].to_pylist()
-        descriptions = (
-            items["description"].to_pylist() if "description" in items.column_names else [None] * len(ids)
-        )
-        self.views = {
-            i: ItemView(i, t or f"item {i}", tuple(g or ()), d or "")
-            for i, t, g, d in zip(ids, titles, genres, descriptions, strict=True)
-        }
-
-    def page(self, item_ids: Sequence[str]) -> list[ItemView]:
-        return [self.views.get(i) or ItemView(i, f"item {i}") for i in item_ids]
 
 
 class ShardCore:

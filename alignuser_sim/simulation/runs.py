@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Scenario, dump_scenario, load_scenario
-from .data import Dataset, load_dataset
-from .errors import UserError
-from .events import EventLog, MacroStats, RunLock, write_json
-from .personas import Persona, build_personas
-from .policy import PolicySetup
-from .population import select_population
+from alignuser_sim.agent.policy import PolicySetup
+from alignuser_sim.config import Scenario, dump_scenario, load_scenario
+from alignuser_sim.data import Dataset, load_dataset
+from alignuser_sim.data.personas import Persona, build_personas
+from alignuser_sim.data.population import select_population
+from alignuser_sim.errors import UserError
+from alignuser_sim.simulation.events import EventLog, MacroStats, RunLock, write_json
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,9 @@ async def run_local(plan: RunPlan, llm: Any, on_events=None) -> dict[str, Any]:
 
 
 async def _run_local(plan: RunPlan, llm: Any, on_events=None) -> dict[str, Any]:
-    from .recommenders import make_recommender
-    from .simulation import Catalogue, Driver, LocalRecommender, ShardCore
+    from alignuser_sim.core import Catalogue
+    from alignuser_sim.recommenders import make_recommender
+    from alignuser_sim.simulation.driver import Driver, LocalRecommender, ShardCore
 
     scenario = plan.scenario
     catalogue = Catalogue(plan.dataset.items)

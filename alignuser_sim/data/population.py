@@ -6,8 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .config import PopulationConfig
-from .errors import UserError
+from alignuser_sim.config import PopulationConfig
+from alignuser_sim.errors import UserError
 
 
 def users_with_interactions(interactions: pa.Table) -> list[str]:

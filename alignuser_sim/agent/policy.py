@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .agent import LessonMemory, NoLessons, NoWorldModel, PersonaAgent, WorldModelContext
-from .config import PolicyConfig, Scenario
-from .errors import UserError
-from .personas import Persona
+from alignuser_sim.agent.persona_agent import LessonMemory, NoLessons, NoWorldModel, PersonaAgent, WorldModelContext
+from alignuser_sim.config import PolicyConfig, Scenario
+from alignuser_sim.data.personas import Persona
+from alignuser_sim.errors import UserError
 
 
 @dataclass
@@ -45,15 +45,15 @@ class PolicySetup:
                 f"policy '{config.label}' needs the learning folder {folder}, which does not exist: "
                 f"run `alignuser-sim learn SCENARIO` first (or set policy: prompt-only)")
         if folder.is_dir():
-            from .learning import load_tastes
+            from alignuser_sim.learning.learner import load_tastes
 
             setup.tastes = load_tastes(folder, user_ids)
         if config.use_lessons:
-            from .memory import load_lesson_memories
+            from alignuser_sim.agent.memory import load_lesson_memories
 
             setup.lessons = load_lesson_memories(folder, user_ids, embedder=scenario.learning.embedder)
         if config.use_world_model:
-            from .worldmodel import load_world_model_context
+            from alignuser_sim.learning.world_model import load_world_model_context
 
             setup.world_model = load_world_model_context(folder, user_ids)
         return setup

@@ -11,20 +11,19 @@ page items left unanswered count as not watched.
 
 from __future__ import annotations
 
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .llm.prompts import build_messages
-from .llm.schemas import json_schema_for
-from .personas import Persona
+from alignuser_sim.core import ItemView, call_seed
+from alignuser_sim.data.personas import Persona
+from alignuser_sim.llm.prompts import build_messages
+from alignuser_sim.llm.schemas import json_schema_for
 
 THOUGHT_MAX = 200
 FEELING_MAX = 80
-DESCRIPTION_MAX = 160
 
 SYSTEM_PROMPT = (
     "You simulate one real user of a recommender system. Each turn you see one page of recommended "
@@ -68,24 +67,6 @@ def page_schema(item_ids: list[str]) -> dict[str, Any]:
     items = {"type": "object", "properties": {i: _ITEM_REF for i in item_ids}, "required": list(item_ids),
              "additionalProperties": False}
     return {**base, "properties": {**base["properties"], "items": items}}
-
-
-@dataclass(frozen=True)
-class ItemView:
-    """What a user sees of an item on a page."""
-
-    item_id: str
-    title: str
-    genres: tuple[str, ...] = ()
-    description: str = ""
-
-    def line(self) -> str:
-        text = f"- id {self.item_id}: {self.title}"
-        if self.genres:
-            text += f" ({', '.join(self.genres)})"
-        if self.description:
-            text += f". {self.description[:DESCRIPTION_MAX]}"
-        return text
 
 
 def page_query(page: list[ItemView]) -> str:
@@ -202,7 +183,7 @@ class PersonaAgent:
 
     def call_seed(self, session: int, page_no: int) -> int:
         """Same agent, page and run seed -> same seed: a re-run hits the completion cache."""
-        return zlib.crc32(f"{self.seed}:{self.agent_id}:{session}:{page_no}".encode())
+        return call_seed(self.seed, self.agent_id, session, page_no)
 
     async def decide(self, llm: StructuredLLM, session: int, page_no: int, page: list[ItemView]) -> Decision:
         """One structured call. A failed call is a counted failure: nothing watched, the session ends."""

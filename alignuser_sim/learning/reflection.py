@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import re
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .agent import ItemView, PageDecision, PersonaAgent, check_decision, page_schema
-from .llm.prompts import build_messages
-from .worldmodel import Action, NextState, State, item_line, short_title
+from alignuser_sim.agent.persona_agent import PageDecision, PersonaAgent, check_decision, page_schema
+from alignuser_sim.core import Action, ItemView, NextState, State, call_seed, short_title
+from alignuser_sim.learning.world_model import item_line
+from alignuser_sim.llm.prompts import build_messages
 
 LESSON_MAX = 200
 REASONING_MAX = 300
@@ -77,7 +77,7 @@ class Alternatives:
 
 
 def sample_seed(seed: int, user_id: str, step: int, j: int) -> int:
-    return zlib.crc32(f"{seed}:cf:{user_id}:{step}:{j}".encode())
+    return call_seed(seed, "cf", user_id, step, j)
 
 
 async def sample_alternatives(llm: Any, agent: PersonaAgent, state: State, human: Action,
@@ -138,7 +138,7 @@ def reflection_messages(persona_text: str, state: State, human: Action, human_tr
 
 
 def reflection_seed(seed: int, user_id: str, step: int) -> int:
-    return zlib.crc32(f"{seed}:reflect:{user_id}:{step}".encode())
+    return call_seed(seed, "reflect", user_id, step)
 
 
 _YEAR = re.compile(r"\s*\(\d{4}\)\s*$")

@@ -33,11 +33,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from . import atomic
-from .config import RecommenderConfig, Scenario, dump_scenario, load_scenario
-from .errors import UserError
-from .metrics.bootstrap import bootstrap_many
-from .metrics.ranking import ranks, tau_estimate
+from alignuser_sim import store
+from alignuser_sim.config import RecommenderConfig, Scenario, dump_scenario, load_scenario
+from alignuser_sim.errors import UserError
+from alignuser_sim.metrics.bootstrap import bootstrap_many
+from alignuser_sim.metrics.ranking import ranks, tau_estimate
 
 OUTCOMES = ("watch_rate", "mean_rating", "session_length", "satisfaction")
 OFFLINE = ("recall", "ndcg")
@@ -102,7 +102,7 @@ def write_plan(folder: Path, scenario: Scenario, names: Sequence[str]) -> None:
     plan = {"scenario": scenario.name, "dataset": scenario.dataset.name, "recommenders": list(names),
             "k": scenario.eval.k, "bootstrap": scenario.eval.bootstrap, "seed": scenario.seed,
             "fingerprint": mine, "updated": time.time()}
-    atomic.write_json(path, plan)
+    store.write_json(path, plan)
     (folder / "scenario.yaml").write_text(dump_scenario(scenario))
 
 
@@ -131,9 +131,9 @@ def offline_per_user(scenario: Scenario, names: Sequence[str], folder: Path,
                      on_fit: Callable[[str], None] | None = None) -> pa.Table:
     """Per-user Recall@K / NDCG@K of each algorithm, as `recommenders/offline.evaluate_offline` computes them
     (same split, same masking), kept per user for the bootstrap; cached in `offline.parquet`."""
-    from .data import load_dataset
-    from .recommenders import make_recommender
-    from .recommenders.offline import recall_ndcg, split_dataset
+    from alignuser_sim.data import load_dataset
+    from alignuser_sim.recommenders import make_recommender
+    from alignuser_sim.recommenders.offline import recall_ndcg, split_dataset
 
     k = scenario.eval.k
     path = folder / "offline.parquet"
@@ -160,7 +160,7 @@ def offline_per_user(scenario: Scenario, names: Sequence[str], folder: Path,
         parts.append(pa.table({"algorithm": [name] * len(users), "k": [k] * len(users), "user_id": users,
                                "recall": values[:, 0], "ndcg": values[:, 1]}, schema=OFFLINE_SCHEMA))
         table = pa.concat_tables(parts)
-        atomic.write_parquet(table, path)
+        store.write_parquet(table, path)
         parts = [table]
     return table
 
@@ -267,5 +267,5 @@ def summarize_compare(folder: Path, draws: int | None = None) -> dict[str, Any]:
 
 def write_compare(folder: Path, summary: dict[str, Any]) -> Path:
     path = Path(folder) / "compare.json"
-    atomic.write_json(path, summary)
+    store.write_json(path, summary)
     return path

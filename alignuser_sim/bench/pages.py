@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from ..llm.prompts import build_messages
+from alignuser_sim.llm.prompts import build_messages
 
 THOUGHT_MAX = 200
 FEELING_MAX = 80

@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,22 +42,34 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import atomic
-from .agent import ItemView, PersonaAgent
-from .alignment import Reflection, clean_lessons, reflection_messages, reflection_seed, sample_alternatives
-from .config import Scenario
-from .errors import UserError
-from .llm.prompts import build_messages
-from .memory import LESSONS_FILE, build_memory, resolve_embedder, write_memories
-from .personas import Persona
-from .worldmodel import (
+from alignuser_sim import store
+from alignuser_sim.agent.memory import LESSONS_FILE, build_memory, resolve_embedder, write_memories
+from alignuser_sim.agent.persona_agent import PersonaAgent
+from alignuser_sim.config import Scenario
+from alignuser_sim.core import (
+    PURPOSE_LEARN_TRANSITIONS,
+    Action,
+    ItemView,
+    NextState,
+    State,
+    call_seed,
+    short_title,
+    user_rng,
+)
+from alignuser_sim.data.personas import Persona
+from alignuser_sim.errors import UserError
+from alignuser_sim.learning.reflection import (
+    Reflection,
+    clean_lessons,
+    reflection_messages,
+    reflection_seed,
+    sample_alternatives,
+)
+from alignuser_sim.learning.world_model import (
     MAX_GENRES,
     TRANSITIONS_FILE,
-    Action,
     Example,
-    NextState,
     Prediction,
-    State,
     candidate_genres,
     candidate_items,
     check_prediction,
@@ -69,9 +80,9 @@ from .worldmodel import (
     prediction_messages,
     prediction_schema,
     score,
-    short_title,
     true_next_state,
 )
+from alignuser_sim.llm.prompts import build_messages
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +194,7 @@ class LearningInputs:
         """The transitions learned from, drawn per user (seeded by scenario seed and user id)."""
         n = len(self.steps[user_id])
         want = min(self.scenario.learning.transitions_per_persona, n)
-        rng = np.random.default_rng([self.scenario.seed & 0xFFFFFFFF, zlib.crc32(user_id.encode()), 101])
+        rng = user_rng(self.scenario.seed, user_id, PURPOSE_LEARN_TRANSITIONS)
         return sorted(int(s) for s in rng.choice(n, size=want, replace=False))
 
     def example_steps(self, user_id: str, step: int, n: int) -> list[int]:
@@ -224,13 +235,13 @@ def _consumed(interactions: pa.Table, users: list[str]) -> dict[str, list[tuple[
 
 def prepare(scenario: Scenario, users_limit: int | None = None, fit: bool = True) -> LearningInputs:
     """Load the dataset, keep its training split, draw the population, replay it, fit the recommender."""
-    from .data import load_dataset
-    from .data.holdout import split_dataset
-    from .data.rollouts import build_rollouts
-    from .personas import build_personas
-    from .population import select_population
-    from .recommenders import make_recommender
-    from .simulation import Catalogue
+    from alignuser_sim.core import Catalogue
+    from alignuser_sim.data import load_dataset
+    from alignuser_sim.data.holdout import split_dataset
+    from alignuser_sim.data.personas import build_personas
+    from alignuser_sim.data.population import select_population
+    from alignuser_sim.data.rollouts import build_rollouts
+    from alignuser_sim.recommenders import make_recommender
 
     ds = load_dataset(scenario.dataset)
     train, _ = split_dataset(ds)
@@ -372,7 +383,7 @@ class Learner:
             elif good and not bad and len(liked) < 15:
                 liked.append(view)
         result = await self.llm.call(taste_messages(persona, liked, disliked), Taste,
-                                     seed=zlib.crc32(f"{self.seed}:taste:{persona.user_id}".encode()),
+                                     seed=call_seed(self.seed, "taste", persona.user_id),
                                      sampling={"max_tokens": min(self.max_tokens, TASTE_MAX_TOKENS)})
         if retry_later(result.failure):
             self.counts.retry_later[result.failure] += 1
@@ -466,7 +477,7 @@ class Learner:
         result = await self.llm.call(
             messages, Prediction, schema=prediction_schema(labels, candidates, genres),
             sampling=world_model_sampling(self.max_tokens, labels, candidates, genres),
-            seed=zlib.crc32(f"{self.seed}:{kind}:{state.user_id}:{state.step}".encode()))
+            seed=call_seed(self.seed, kind, state.user_id, state.step))
         if retry_later(result.failure):
             self.counts.retry_later[result.failure] += 1
             return
@@ -572,7 +583,7 @@ async def run_learning(inputs: LearningInputs, llm: Any, folder: Path | None = N
                                 time.perf_counter() - started, lessons=lessons, embedder=embedder)
         finally:
             journal.close()
-        atomic.write_json(folder / SUMMARY_FILE, summary, default=str)
+        store.write_json(folder / SUMMARY_FILE, summary, default=str)
     return summary
 
 
@@ -600,7 +611,7 @@ async def run_world_model_eval(inputs: LearningInputs, llm: Any, n_examples: int
                        "wall_s": round(time.perf_counter() - started, 1), "personas": len(inputs.users)}
         finally:
             journal.close()
-        atomic.write_json(folder / "worldmodel_eval.json", summary, default=str)
+        store.write_json(folder / "worldmodel_eval.json", summary, default=str)
     return summary
 
 
@@ -610,7 +621,7 @@ async def run_world_model_eval(inputs: LearningInputs, llm: Any, n_examples: int
 def consolidate(journal: Journal, folder: Path) -> None:
     """The journal as Parquet files (rewritten whole: they are views of the journal)."""
     tastes = journal.of_kind("taste")
-    atomic.write_parquet(pa.table({"user_id": pa.array([r["user_id"] for r in tastes], pa.string()),
+    store.write_parquet(pa.table({"user_id": pa.array([r["user_id"] for r in tastes], pa.string()),
                                    "taste": pa.array([r["taste"] for r in tastes], pa.string()),
                                    "failure": pa.array([r["failure"] for r in tastes], pa.string())}),
                          folder / TASTES_FILE)
@@ -624,7 +635,7 @@ def consolidate(journal: Journal, folder: Path) -> None:
                          "next_items": truth["items"], "next_genres": truth["genres"],
                          "continues": truth["continues"], "hits": truth["hits"], "hint": r["hints"][n],
                          "hint_genres": r["hint_genres"][n]})
-    atomic.write_parquet(pa.Table.from_pylist(rows, schema=TRANSITIONS_SCHEMA), folder / TRANSITIONS_FILE)
+    store.write_parquet(pa.Table.from_pylist(rows, schema=TRANSITIONS_SCHEMA), folder / TRANSITIONS_FILE)
 
     rows = []
     for kind in sorted({k for k, _, _ in journal.records if k == "worldmodel" or k.startswith("wm_eval:")}):
@@ -637,10 +648,10 @@ def consolidate(journal: Journal, folder: Path) -> None:
                              "pred_genres": pred["genres"] if pred else None,
                              "pred_continues": pred["continues"] if pred else None, "failure": r["failure"],
                              **{key: (sc[key] if sc else None) for key in PREDICTION_SCORES}})
-    atomic.write_parquet(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA), folder / PREDICTIONS_FILE)
+    store.write_parquet(pa.Table.from_pylist(rows, schema=PREDICTIONS_SCHEMA), folder / PREDICTIONS_FILE)
 
     rows = [{k: r.get(k) for k in REFLECTIONS_SCHEMA.names} for r in journal.of_kind("reflection")]
-    atomic.write_parquet(pa.Table.from_pylist(rows, schema=REFLECTIONS_SCHEMA), folder / REFLECTIONS_FILE)
+    store.write_parquet(pa.Table.from_pylist(rows, schema=REFLECTIONS_SCHEMA), folder / REFLECTIONS_FILE)
 
 
 PREDICTION_SCORES = ("item_jaccard", "item_precision", "item_recall", "genre_jaccard", "continue_accuracy")

@@ -26,8 +26,8 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from .cli_progress import progress_bar
-from .errors import UserError
+from alignuser_sim.cli.common import progress_bar
+from alignuser_sim.errors import UserError
 
 out = Console()
 err = Console(stderr=True)
@@ -57,7 +57,7 @@ FOLDER_OPT = typer.Option(None, "--folder", help="Learning folder (default: the 
 
 def _scenario(path: Path, folder: Path | None, llm: bool = True):
     """The scenario; its named endpoints are checked first (before minutes of data preparation)."""
-    from .config import load_scenario
+    from alignuser_sim.config import load_scenario
 
     scenario = load_scenario(path)
     if folder is not None:
@@ -80,8 +80,8 @@ def _check_endpoints(endpoints: list[str]) -> None:
 @contextlib.contextmanager
 def _llm(scenario: Any, folder: Path) -> Iterator[Any]:
     """The scenario's LLM client; the embedded vLLM server runs for the block when no endpoint is named."""
-    from .llm.client import LLMClient
-    from .llm.launcher import LauncherError, embedded_endpoints
+    from alignuser_sim.llm.client import LLMClient
+    from alignuser_sim.llm.launcher import LauncherError, embedded_endpoints
 
     folder.mkdir(parents=True, exist_ok=True)
     if not scenario.llm.endpoints:
@@ -138,7 +138,7 @@ def _summary_table(summary: dict[str, Any]) -> Table:
 
 
 def _scores_table(title: str, rows: dict[str, dict[str, Any]]) -> Table:
-    from .worldmodel import SCORE_KEYS
+    from alignuser_sim.learning.world_model import SCORE_KEYS
 
     table = Table(title=title, header_style="bold")
     table.add_column("")
@@ -156,7 +156,7 @@ def run(
     folder: Path | None = FOLDER_OPT,
 ) -> None:
     """Learn the population's lessons: taste, counterfactuals, world model, reflection (resumable)."""
-    from .learning import prepare, run_learning
+    from alignuser_sim.learning.learner import prepare, run_learning
 
     scenario = _scenario(scenario_file, folder)
     with err.status("loading data, replaying the training split, fitting the recommender"):
@@ -180,7 +180,7 @@ def worldmodel(
     folder: Path | None = FOLDER_OPT,
 ) -> None:
     """Next-state accuracy of the world model on the human transitions, without and with examples."""
-    from .learning import prepare, run_world_model_eval
+    from alignuser_sim.learning.learner import prepare, run_world_model_eval
 
     scenario = _scenario(scenario_file, folder)
     n = examples if examples is not None else scenario.learning.world_model_examples
@@ -209,7 +209,7 @@ def export(
     folder: Path | None = FOLDER_OPT,
 ) -> None:
     """Chat JSONL for fine-tuning: world-model pretraining and policy learning ("messages" format)."""
-    from .finetune import export_sft
+    from alignuser_sim.learning.finetune_data import export_sft
 
     scenario = _scenario(scenario_file, folder, llm=False)
     result = export_sft(scenario, out_dir, max_pages=max_pages, users_limit=users)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import atomic
-from .errors import UserError
+from alignuser_sim import store
+from alignuser_sim.errors import UserError
 
 
 @dataclass
@@ -89,10 +89,10 @@ def macro_summary(run_dir: Path) -> dict[str, Any]:
     """The run's distributions against the human rollouts of its users (module doc of metrics/macro.py)."""
     import pyarrow.parquet as pq
 
-    from .config import load_scenario
-    from .data import load_dataset
-    from .data.rollouts import build_rollouts, read_rollouts
-    from .metrics.macro import compare_all, samples_from_events, samples_from_rollouts
+    from alignuser_sim.config import load_scenario
+    from alignuser_sim.data import load_dataset
+    from alignuser_sim.data.rollouts import build_rollouts, read_rollouts
+    from alignuser_sim.metrics.macro import compare_all, samples_from_events, samples_from_rollouts
 
     run_dir = Path(run_dir)
     meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
@@ -215,7 +215,7 @@ def plot_micro(micro: dict[str, Any], out: Path) -> list[Path]:
 
 def plot_ranking(ranking: dict[str, Any], out: Path) -> list[Path]:
     plt = _pyplot()
-    from .compare import OUTCOMES
+    from alignuser_sim.evaluation.ranking import OUTCOMES
 
     offline = f"ndcg@{ranking['k']}"
     fig, axes = plt.subplots(1, len(OUTCOMES), figsize=(15, 3.8))
@@ -317,7 +317,7 @@ def micro_section(micro: dict[str, Any], images: list[Image]) -> Section:
 
 
 def ranking_section(ranking: dict[str, Any], images: list[Image]) -> Section:
-    from .compare import OUTCOMES
+    from alignuser_sim.evaluation.ranking import OUTCOMES
 
     s = Section("Recommender ranking: simulated users vs offline metrics")
     k = ranking["k"]
@@ -391,8 +391,8 @@ def render_html(title: str, sections: list[Section], folder: Path) -> str:
 
 def build_report(inputs: Inputs, out: Path) -> dict[str, Any]:
     """Compute each section's numbers from its files, plot, and write report.md, report.html, report.json."""
-    from .compare import summarize_compare
-    from .evaluation import summarize
+    from alignuser_sim.evaluation.micro import summarize
+    from alignuser_sim.evaluation.ranking import summarize_compare
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -417,7 +417,7 @@ def build_report(inputs: Inputs, out: Path) -> dict[str, Any]:
         raise UserError(f"{out}: nothing to report (the eval folder holds no decisions yet)")
     name = next((d.get("scenario") for d in data.values() if d.get("scenario")), "") or out.name
     title = f"alignuser-sim report: {name}"
-    atomic.write_text(out / "report.md", render_markdown(title, sections))
-    atomic.write_text(out / "report.html", render_html(title, sections, out))
-    atomic.write_json(out / "report.json", data, default=str)
+    store.write_text(out / "report.md", render_markdown(title, sections))
+    store.write_text(out / "report.html", render_html(title, sections, out))
+    store.write_json(out / "report.json", data, default=str)
     return data

@@ -23,20 +23,18 @@ Drama"), the ones whose genres match the page best.
 from __future__ import annotations
 
 import math
-import zlib
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .agent import ItemView
-from .llm.prompts import build_messages
+from alignuser_sim.core import Action, ItemView, NextState, State, short_title, user_rng
+from alignuser_sim.llm.prompts import build_messages
 
-TITLE_MAX = 60
 MAX_GENRES = 3
 TRANSITIONS_FILE = "transitions.parquet"
 
@@ -48,97 +46,6 @@ WORLD_MODEL_SYSTEM = (
     "page's dominant genres (at most 3), and say whether the session goes on (false when the action is exit). "
     "Answer with JSON only."
 )
-
-
-# --- actions and states ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Action:
-    """What a user does on a page: items watched (id -> rating, None when unrated), then exit or go on."""
-
-    watched: tuple[tuple[str, float | None], ...]
-    exit: bool
-
-    @classmethod
-    def of(cls, watched: dict[str, float | None], exit: bool) -> Action:
-        return cls(tuple((i, None if r is None else float(r)) for i, r in watched.items()), bool(exit))
-
-    @property
-    def key(self) -> tuple[frozenset[str], bool]:
-        """What the recommender sees of the action (ratings change no model): equal keys, equal outcomes."""
-        return frozenset(i for i, _ in self.watched), self.exit
-
-    @property
-    def watched_ids(self) -> list[str]:
-        return [i for i, _ in self.watched]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"watched": [i for i, _ in self.watched], "ratings": [r for _, r in self.watched],
-                "action": "exit" if self.exit else "next_page"}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Action:
-        return cls(tuple(zip(data["watched"], data["ratings"], strict=True)), data["action"] == "exit")
-
-    def describe(self, views: dict[str, ItemView]) -> str:
-        """The action as prompt text: 'watched X (rated 4), Y; then went on to the next page'."""
-        if self.watched:
-            parts = []
-            for item_id, rating in self.watched:
-                title = short_title(views[item_id]) if item_id in views else item_id
-                parts.append(f"{title} (id {item_id}, rated {rating:g})" if rating is not None
-                             else f"{title} (id {item_id})")
-            what = "watched " + ", ".join(parts)
-        else:
-            what = "watched nothing"
-        return what + ("; then left (exit)" if self.exit else "; then went on to the next page")
-
-
-@dataclass
-class State:
-    """A persona's position in its human rollout: the history before a page, and the page."""
-
-    user_id: str
-    step: int
-    session: int
-    page_no: int
-    history: list[tuple[str, float | None]]  # (item id, rating) consumed before the page, oldest first
-    page: list[str]
-    future: frozenset[str] = frozenset()  # items the user consumed after this page (training split): not shown
-
-    def recent(self, views: dict[str, ItemView], n: int = 5) -> str:
-        if not self.history:
-            return "You have not watched anything yet."
-        shown = [f"{short_title(views[i]) if i in views else i}" + (f" (rated {r:g})" if r is not None else "")
-                 for i, r in self.history[-n:]]
-        return "You recently watched: " + "; ".join(shown) + "."
-
-
-@dataclass
-class NextState:
-    """The truth: what the recommender serves after an action, and what follows from it."""
-
-    items: list[str]  # the next page, best first
-    genres: list[str]  # its dominant genres
-    continues: bool
-    added: list[str]  # the history change: the items watched
-    hits: int  # items on the next page that the user really consumed later (an outcome signal)
-    near: list[str] = field(default_factory=list)  # the next-ranked items after the page (plausible misses)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"items": self.items, "genres": self.genres, "continues": self.continues, "added": self.added,
-                "hits": self.hits, "near": self.near}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NextState:
-        return cls(list(data["items"]), list(data["genres"]), bool(data["continues"]), list(data["added"]),
-                   int(data["hits"]), list(data.get("near") or []))
-
-
-def short_title(view: ItemView) -> str:
-    title = view.title
-    return title if len(title) <= TITLE_MAX else title[: TITLE_MAX - 3] + "..."
 
 
 def item_line(view: ItemView) -> str:
@@ -192,7 +99,7 @@ def candidate_items(truths: Sequence[NextState], state: State, k: int, catalogue
     """The items a prediction chooses from: the true next pages of the actions asked about, plus as many
     other plausible items as one page holds: half the recommender's next-ranked items after the first
     action (near misses), half random items the user has not seen. Shuffled, seeded per state."""
-    rng = np.random.default_rng([seed & 0xFFFFFFFF, zlib.crc32(state.user_id.encode()), state.step])
+    rng = user_rng(seed, state.user_id, state.step)
     pool = list(dict.fromkeys(i for t in truths for i in t.items))
     taken = set(pool) | set(state.page) | {i for i, _ in state.history}
     fillers = [i for t in truths for i in t.near if i not in taken][: k - k // 2]

@@ -8,9 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ..config import load_scenario
-from ..errors import UserError
-from . import ALGORITHMS
+from alignuser_sim.config import load_scenario
+from alignuser_sim.errors import UserError
+from alignuser_sim.recommenders import ALGORITHMS
 
 app = typer.Typer(help="Recommenders: offline evaluation (Recall@K, NDCG@K).", no_args_is_help=True)
 out = Console()
@@ -44,8 +44,8 @@ def offline(
 
     The scenario's own recommender params apply to its algorithm; the others use their defaults.
     """
-    from ..data import load_dataset
-    from .offline import check_algorithms, evaluate_offline, split_dataset
+    from alignuser_sim.data import load_dataset
+    from alignuser_sim.recommenders.offline import check_algorithms, evaluate_offline, split_dataset
 
     names = check_algorithms(recommenders.split(","))
     k_values = _k_values(k)

@@ -34,8 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from . import atomic
-from .errors import UserError
+from alignuser_sim import store
+from alignuser_sim.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def write_memories(memories: Sequence[LessonMemory], path: Path, embedder: str) 
         ("support", pa.int32()), ("first_seen", pa.int32()), ("embedder", pa.string()),
         ("embedding", pa.list_(pa.float32())),
     ])
-    atomic.write_parquet(pa.table(rows, schema=schema), path)
+    store.write_parquet(pa.table(rows, schema=schema), path)
     return len(rows["text"])
 
 

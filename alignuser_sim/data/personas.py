@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .data.tables import Dataset
+from alignuser_sim.data.tables import Dataset
 
 DEMOGRAPHIC_COLUMNS = ("gender", "age", "occupation")
 ACTIVITY_WORDS = {1: "an occasional viewer", 2: "a regular viewer", 3: "a very active viewer"}

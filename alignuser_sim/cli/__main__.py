@@ -1,0 +1,3 @@
+from alignuser_sim.cli.root import main
+
+main()
