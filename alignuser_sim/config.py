@@ -109,7 +109,17 @@ class LLMConfig(Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     concurrency: Annotated[int, Field(gt=0, le=4096)] = 32
     timeout_s: Annotated[float, Field(gt=0)] = 120.0
-    max_retries: Annotated[int, Field(ge=0, le=20)] = 5
+    max_retries: Annotated[int, Field(ge=0, le=20)] = Field(
+        default=5, description="Transport retries of one call (connection errors, 429, 5xx, timeouts)")
+    validation_retries: Annotated[int, Field(ge=0, le=10)] = Field(
+        default=1, description="Calls asked again when a reply does not validate against its schema")
+    backoff_base_s: Annotated[float, Field(ge=0, le=600)] = Field(
+        default=0.5, description="First retry's backoff; doubles per retry (equal jitter)")
+    backoff_max_s: Annotated[float, Field(ge=0, le=3600)] = Field(default=30.0, description="Backoff cap")
+    retry_after_max_s: Annotated[float, Field(ge=0, le=3600)] = Field(
+        default=120.0, description="Longest server-asked wait (Retry-After) honoured")
+    endpoint_cooldown_s: Annotated[float, Field(ge=0, le=600)] = Field(
+        default=1.0, description="How long an endpoint that failed is skipped by the balancer")
     cache: Literal["off", "read_write", "replay"] = "read_write"
 
     @field_validator("endpoints", mode="before")
@@ -148,6 +158,10 @@ class LearningConfig(Strict):
         default="auto", description="Lesson retrieval: all-MiniLM-L6-v2 if installed (auto), else lexical")
     taste: Literal["auto", "off"] = Field(
         default="auto", description="auto: the LLM writes taste text for personas without one (training split)")
+    reflection_max_tokens: Annotated[int, Field(gt=0, le=32768)] = Field(
+        default=600, description="Token cap of one reflection reply (reasoning + lessons)")
+    taste_max_tokens: Annotated[int, Field(gt=0, le=32768)] = Field(
+        default=200, description="Token cap of one LLM-written taste text")
     folder: Path | None = Field(default=None, description="Learning folder; None: OUTPUT_DIR/NAME/learning")
 
 
@@ -163,6 +177,8 @@ class PolicyConfig(Strict):
     world_model: bool | None = None
     lessons_k: Annotated[int, Field(ge=0, le=20)] = 3
     world_model_k: Annotated[int, Field(ge=0, le=10)] = 2
+    history_size: Annotated[int, Field(ge=0, le=100)] = Field(
+        default=5, description="Recently watched items shown in a prompt (simulation, learning, export)")
 
     @property
     def use_lessons(self) -> bool:
@@ -192,6 +208,8 @@ class EvalConfig(Strict):
         default_factory=lambda: ["random", "pop", "itemknn", "mf", "lightgcn"],
         description="`alignuser-sim compare`: the recommenders ranked")
     k: Annotated[int, Field(gt=0, le=1000)] = 20
+    flush_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=1.0, description="How often finished decisions are written as a Parquet part")
 
 
 class ServeConfig(Strict):
@@ -204,6 +222,23 @@ class ServeConfig(Strict):
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.9
     max_model_len: Annotated[int, Field(gt=0)] | None = None
     extra_args: list[str] = Field(default_factory=list)
+
+
+class RunConfig(Strict):
+    """How the page loop moves agents and writes events (`alignuser-sim run`); results do not depend on it."""
+
+    max_batch: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
+        default=4096, description="Agents per recommender / decide call of the driver")
+    batch_window_s: Annotated[float, Field(ge=0, le=10)] = Field(
+        default=0.002, description="How long agents coming back are gathered into one batch")
+    max_chunk: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
+        default=512, description="Decisions a shard streams back at most per message")
+    event_flush_s: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=0.5, description="Events are written as one Parquet part at least this often")
+    event_flush_events: Annotated[int, Field(gt=0, le=10_000_000)] = Field(
+        default=20_000, description="... or when this many are buffered")
+    shard_restart_wait_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=0.5, description="Poll interval while waiting for a crashed shard actor to restart")
 
 
 class Scenario(Strict):
@@ -219,6 +254,7 @@ class Scenario(Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
     output_dir: Path = Path("runs")
 
     @field_validator("policy", mode="before")

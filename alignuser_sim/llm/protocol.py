@@ -1,0 +1,54 @@
+"""The one LLM contract every caller is typed against.
+
+An agent, the learner, the evaluation and the benchmarks need exactly this of a model: one structured
+call (messages in, a validated pydantic instance or a counted failure out) and a snapshot of the
+accounting. `LLMClient` (a real OpenAI-compatible server) and `testing.ScriptedLLM` (the same client minus
+the socket) both satisfy it; so can any wrapper (a rate limiter, a recorder) that keeps the signature.
+
+A failure is data, not an exception: `CallResult.failure` names its kind and `CallResult.transient` says
+whether it was the transport's fault (the server was down, busy or slow: worth asking again later) or the
+reply's (it did not validate: asking again gets the same answer from a seeded call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from alignuser_sim.llm.client import CallResult
+
+T = TypeVar("T", bound=BaseModel)
+
+# Status codes a server uses for "not now": the same request may succeed later.
+TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+
+
+def is_transient(kind: str | None) -> bool:
+    """Whether a failure kind is the transport's (timeout, connection, HTTP 5xx, 408/409/425/429)."""
+    if kind is None:
+        return False
+    if kind in ("timeout", "connection"):
+        return True
+    if kind.startswith("http_") and kind[5:].isdigit():
+        status = int(kind[5:])
+        return status >= 500 or status in TRANSIENT_STATUS
+    return False
+
+
+class StructuredLLM(Protocol):
+    """What every caller of a model may use: a structured call and the accounting's snapshot."""
+
+    async def call(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        output: type[T],
+        *,
+        seed: int | None = None,
+        sampling: Mapping[str, Any] | None = None,
+        schema: dict[str, Any] | None = None,
+    ) -> CallResult[T]: ...
+
+    def snapshot(self) -> dict[str, Any]: ...
