@@ -9,5 +9,7 @@ quickstart: setup
 test: setup
 	bash scripts/test.sh
 
+# ruff, then the layer contracts of pyproject.toml's [tool.importlinter] (DESIGN.md, Layout)
 lint: setup
 	.venv/bin/ruff check .
+	.venv/bin/lint-imports

@@ -1,10 +1,10 @@
 """Scale benchmarks on Ray: the real simulation path (coordinator, shards, recommender actor) measured from
 outside, with the CPU time and memory of its actor processes.
 
-`simulate(scenario, out)` runs one simulation with `run_on_ray` while `ProcessSampler` reads the actor
+`simulate(scenario, out)` runs one simulation with `RayRunner` while `ProcessSampler` reads the actor
 processes' CPU and RSS from /proc (Ray titles them `ray::PersonaShard...`, `ray::Coordinator...`); the row
-it returns has the run's totals, rates, latency percentiles and cost per agent. `bench_cli.py` drives it for
-the scaling curve (against `alignuser_sim.bench.throughput.FakeServer`), the live comparison with vLLM's own
+it returns has the run's totals, rates, latency percentiles and cost per agent. `cli/bench.py` drives it for
+the scaling curve (against `alignuser_sim.bench.fake_server.FakeServer`), the live comparison with vLLM's own
 benchmark and the naive loop.
 """
 
@@ -17,11 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
-from alignuser_sim.bench.throughput import ProcessSampler, rates
+from alignuser_sim.bench.naive import rates
+from alignuser_sim.bench.sampler import ProcessSampler
 from alignuser_sim.config import Scenario, scenario_from_dict
-from alignuser_sim.simulation.runs import RunPlan
+from alignuser_sim.simulation.runs import RunPlan, plan_run
 
 ACTOR_GROUPS = (("ray::PersonaShard", "shards"), ("ray::Coordinator", "coordinator"),
                 ("ray::RecommenderActor", "recommender"))
@@ -56,10 +55,10 @@ def descends_from(pid: int, ancestor: int) -> bool:
 
 
 def simulate(scenario: Scenario, out: Path, *, n_shards: int | None = None, server_pid: int | None = None,
-             cache_path: str | None = None, console: Console | None = None) -> tuple[RunPlan, dict[str, Any]]:
+             cache_path: str | None = None) -> tuple[RunPlan, dict[str, Any]]:
     """One run on a local Ray cluster started by this process (the actors measured are its descendants: other
     Ray instances on the machine are left out); returns the plan and a benchmark row."""
-    from .launch import run_on_ray
+    from .launch import RayRunner
 
     def classify(pid: int, cmdline: str) -> str | None:
         if pid == server_pid:
@@ -78,9 +77,9 @@ def simulate(scenario: Scenario, out: Path, *, n_shards: int | None = None, serv
     before.sample()
     earlier.update(before.tracks)
     sampler = ProcessSampler(classify)
-    console = console or Console(stderr=True, quiet=True)
-    plan, summary = run_on_ray(scenario, out=out, console=console, n_shards=n_shards,
-                               cache_path=cache_path, on_start=lambda _plan, _coordinator: sampler.start())
+    runner = RayRunner(n_shards=n_shards, cache_path=cache_path, on_start=lambda _plan, _coordinator: sampler.start())
+    plan = plan_run(scenario, out, runner.shard_count(scenario.population.size or 10**9))
+    summary = runner(plan)
     sampler.stop()
     gc.collect()  # drop this run's actor handles now (a cycle may hold the coordinator's): its actors exit
     t0, t1 = summary["loop_wall_clock"]["started"], summary["loop_wall_clock"]["ended"]

@@ -23,7 +23,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from alignuser_sim.llm.accounting import Accounting
 from alignuser_sim.simulation.driver import Driver, PageRequest
-from alignuser_sim.simulation.events import Event, EventLog, RunLock
+from alignuser_sim.simulation.events import Event
 from alignuser_sim.simulation.runs import RunPlan, finish_run
 
 from .recommender import RecommenderActor
@@ -31,6 +31,7 @@ from .shard import PersonaShard
 
 log = logging.getLogger(__name__)
 MIN_AGENTS_PER_SHARD = 8
+RESTART_DEADLINE_S = 300.0  # a shard not back by then (no node with room for it) fails the run
 
 
 def size_shards(cluster_cpus: float, agents: int, per_cpu: int = 1) -> int:
@@ -60,7 +61,7 @@ class Coordinator:
         self.endpoints = endpoints
         self.cache_path = cache_path
         self.shard_options = shard_options or {}
-        self.event_log = EventLog(plan.run_dir)
+        self.event_log = plan.event_log()
         self.events_by_shard: dict[int, list[Event]] = {i: [] for i in plan.shards}
         self.shard_of = {u: i for i, ids in plan.shards.items() for u in ids}
         self.driver: Driver | None = None
@@ -126,7 +127,7 @@ class Coordinator:
         """Wait until the shard answers again and restore its agents once per new process (several
         streams to one shard fail together; restoring twice would double the agents' histories)."""
         async with self._restore_locks.setdefault(shard, asyncio.Lock()):
-            deadline = time.time() + 300
+            deadline = time.time() + RESTART_DEADLINE_S
             while time.time() < deadline:
                 try:
                     pid = await self.shards[shard].ping.remote()
@@ -137,11 +138,11 @@ class Coordinator:
                         self.shard_pids[shard] = pid
                     return
                 except (ActorDiedError, ActorUnavailableError, RayActorError):
-                    await asyncio.sleep(0.5)
-            raise RuntimeError(f"shard {shard} did not come back within 300 s")
+                    await asyncio.sleep(self.plan.scenario.run.shard_restart_wait_s)
+            raise RuntimeError(f"shard {shard} did not come back within {RESTART_DEADLINE_S:g} s")
 
     async def run(self) -> dict[str, Any]:
-        with RunLock(self.plan.run_dir):  # a killed driver's coordinator may still be finishing a batch
+        with self.plan.folder.lock():  # a killed driver's coordinator may still be finishing a batch
             return await self._run()
 
     async def _run(self) -> dict[str, Any]:
@@ -155,14 +156,10 @@ class Coordinator:
         for i, ids in plan.shards.items():
             self.shards[i] = PersonaShard.options(**self.shard_options).remote(
                 i, [by_id[u] for u in ids], items_ref, scenario.llm, self.endpoints, plan.run_id, scenario.seed,
-                self.cache_path, str(plan.run_dir), plan.policy.subset(ids),
+                self.cache_path, str(plan.run_dir), plan.policy.subset(ids), scenario.run.max_chunk,
             )
-        self.driver = Driver(
-            shards=plan.shards, decide=self._decide, decide_stream=self._decide_stream,
-            recommender=_RemoteRecommender(recommender),
-            event_log=self.event_log, page_cap=scenario.pages.count,
-            items_per_page=scenario.pages.items_per_page, on_events=self._on_events,
-        )
+        self.driver = plan.driver(self._decide, _RemoteRecommender(recommender), self.event_log,
+                                  decide_stream=self._decide_stream, on_events=self._on_events)
         # wait for every actor to be up (imports, model fit) so the loop's timing is the simulation's own
         _, *pids = await asyncio.gather(recommender.ping.remote(), *(h.ping.remote() for h in self.shards.values()))
         self.shard_pids = dict(zip(self.shards, pids, strict=True))

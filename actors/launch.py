@@ -1,5 +1,13 @@
-"""Run a scenario on Ray: join or start a cluster, find the LLM endpoints, plan (or resume) the run, start
-the coordinator and draw its progress until it is done.
+"""Place a run's plan on Ray: join or start a cluster, find the LLM endpoints, start the coordinator and
+report its progress until it is done. The plan itself (population, personas, policy, shard layout) is made
+by the library (`alignuser_sim.simulation.runs`); this module only decides where things run.
+
+    runner = RayRunner(address="auto")
+    result = alignuser_sim.simulate(scenario, runner=runner)       # what `alignuser-sim run` does
+
+`RayRunner.shard_count` sizes the shards from the cluster before the plan is made; `run_on_ray(plan)`
+places and starts it. Progress goes to an `on_progress(done, total, fields)` callback; drawing it is the
+CLI's business.
 
 Endpoints, in order: the scenario's `llm.endpoints`; else `serve.replicas` vLLM replicas started as actors
 on the cluster's GPU nodes (`llm_server.ReplicaPool`, health-checked, a dead one replaced and the shards
@@ -11,7 +19,7 @@ the recommender beside it; shards go where Ray puts them. A cluster whose nodes 
 `shard_slots` (cluster.yaml gives it to the CPU workers) gets one shard per slot, spread over the nodes
 with slots, each shard taking a slot (so a lost node's shards restart on another node with free slots).
 
-This is the only place the CLI reaches Ray; `alignuser_sim` itself never imports it.
+Of the library only `alignuser_sim.cli` imports this package; `alignuser_sim` itself never imports Ray.
 """
 
 from __future__ import annotations
@@ -19,23 +27,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
-from alignuser_sim.cli.common import progress_bar
-from alignuser_sim.config import Scenario
-from alignuser_sim.errors import UserError
+from alignuser_sim.llm.endpoints import check_endpoints
 from alignuser_sim.llm.launcher import embedded_endpoints
-from alignuser_sim.simulation.runs import RunPlan, plan_run, resume_plan
+from alignuser_sim.simulation.runs import RunPlan
+from alignuser_sim.store import RunFolder
 
 log = logging.getLogger(__name__)
 
 
-def _init_ray(address: str | None, num_cpus: int | None) -> None:
+OnProgress = Callable[[int, "int | None", dict[str, Any]], None]  # alignuser_sim.api.OnProgress
+
+
+def init_ray(address: str | None, num_cpus: int | None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a local one with `num_cpus` CPUs."""
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -49,20 +58,8 @@ def _init_ray(address: str | None, num_cpus: int | None) -> None:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
-def check_endpoints(endpoints: list[str], timeout_s: float = 10.0) -> None:
-    """Fail before the run, in one line, when an endpoint does not answer at all (a typo, a server not
-    started); a server that answers but is busy or erroring is the client's retries' business."""
-    import httpx
-
-    for url in endpoints:
-        try:
-            httpx.get(url.rstrip("/") + "/models", timeout=timeout_s)
-        except httpx.HTTPError as exc:
-            raise UserError(f"llm.endpoints: {url}: not reachable ({type(exc).__name__}: {exc})") from None
-
-
 def _file_log(run_dir: Path) -> logging.Handler:
-    handler = logging.FileHandler(run_dir / "run.log")
+    handler = logging.FileHandler(RunFolder(run_dir).log)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     logging.getLogger("alignuser_sim").setLevel(logging.INFO)
@@ -113,40 +110,48 @@ def llm_endpoints(plan: RunPlan, serve_overrides: dict[str, Any] | None = None) 
         yield endpoints, None
 
 
+@dataclass
+class RayRunner:
+    """The `runner` of `alignuser_sim.simulate`: the plan's shards sized from the cluster, then placed on it.
+    `serve_overrides` go to `ReplicaPool` (tests: a stand-in server's argv, num_gpus=0); `on_start(plan,
+    coordinator)` is called once the coordinator runs (tests kill actors from it)."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    n_shards: int | None = None
+    shard_options: dict[str, Any] | None = None
+    cache_path: str | None = None
+    serve_overrides: dict[str, Any] | None = None
+    on_start: Callable[[RunPlan, Any], None] | None = None
+
+    def shard_count(self, agents: int) -> int:
+        init_ray(self.address, self.num_cpus)
+        return shard_placement(self.n_shards, agents, self.shard_options)[0]
+
+    def __call__(self, plan: RunPlan, on_progress: OnProgress | None = None) -> dict[str, Any]:
+        init_ray(self.address, self.num_cpus)
+        return run_on_ray(plan, shard_options=self.shard_options, cache_path=self.cache_path,
+                          serve_overrides=self.serve_overrides, on_start=self.on_start, on_progress=on_progress)
+
+
 def run_on_ray(
-    scenario: Scenario | None = None,
+    plan: RunPlan,
     *,
-    out: Path | None = None,
-    resume: Path | None = None,
-    address: str | None = None,
-    num_cpus: int | None = None,
-    cache_path: str | None = None,
-    console: Console | None = None,
     shard_options: dict[str, Any] | None = None,
-    n_shards: int | None = None,
+    cache_path: str | None = None,
     serve_overrides: dict[str, Any] | None = None,
-    on_start: Any = None,
-) -> tuple[RunPlan, dict[str, Any]]:
-    """Run (or resume) a scenario; returns the plan and the summary. Ctrl-C leaves a resumable folder.
-    `serve_overrides` go to `ReplicaPool` (tests: a stand-in server's argv, num_gpus=0)."""
+    on_start: Callable[[RunPlan, Any], None] | None = None,
+    on_progress: OnProgress | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) a planned run on the cluster Ray is connected to; returns its summary. Ctrl-C leaves a
+    resumable folder."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     from .coordinator import Coordinator
 
-    console = console or Console(stderr=True)
-    _init_ray(address, num_cpus)
-    if resume is not None:
-        plan = resume_plan(resume)
-        _, shard_options = shard_placement(len(plan.shards), plan.agents, shard_options)
-    else:
-        assert scenario is not None
-        n_agents = scenario.population.size or 10**9
-        n_shards, shard_options = shard_placement(n_shards, n_agents, shard_options)
-        plan = plan_run(scenario, out, n_shards)
+    _, shard_options = shard_placement(len(plan.shards), plan.agents, shard_options)
     handler = _file_log(plan.run_dir)
-    console.print(f"run {plan.run_id}: {plan.agents:,} agents in {len(plan.shards)} shards; folder {plan.run_dir} "
-                  f"(resume with `alignuser-sim run --resume {plan.run_dir}`)")
     log.info("run %s: %d agents in %d shards -> %s", plan.run_id, plan.agents, len(plan.shards), plan.run_dir)
     try:
         with llm_endpoints(plan, serve_overrides) as (endpoints, pool):
@@ -159,31 +164,32 @@ def run_on_ray(
             ref = coordinator.run.remote()
             if on_start is not None:
                 on_start(plan, coordinator)
-            summary = _follow(coordinator, ref, plan, console)
+            summary = _follow(coordinator, ref, plan, on_progress)
             if pool is not None:
                 summary["llm_replicas_replaced"] = pool.replaced
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
-    return plan, summary
+    return summary
 
 
-def _follow(coordinator: Any, ref: Any, plan: RunPlan, console: Console) -> dict[str, Any]:
+def _follow(coordinator: Any, ref: Any, plan: RunPlan, on_progress: OnProgress | None) -> dict[str, Any]:
+    """Wait for the run, reporting progress (best effort: the run's result decides) every half second."""
     import ray
 
-    with progress_bar(console, "pages {task.fields[pages]:,}", "{task.fields[rate]:.1f} LLM calls/s") as bar:
-        task = bar.add_task("agents done", total=plan.agents, pages=0, rate=0.0)
-        while True:
-            ready, _ = ray.wait([ref], timeout=0.5)
+    while True:
+        ready, _ = ray.wait([ref], timeout=0.5)
+        if on_progress is not None:
             try:
                 p = ray.get(coordinator.progress.remote(), timeout=5)
+            except Exception:
+                p = None
+            if p is not None:
                 rate = p["llm_calls"] / p["elapsed_s"] if p["elapsed_s"] else 0.0
-                bar.update(task, completed=p["agents_done"], pages=p["decisions"], rate=rate)
-            except Exception:  # progress is best effort; the run's result decides
-                pass
-            if ready:
-                break
-        summary = ray.get(ref)
-        bar.update(task, completed=summary.get("agents_done", plan.agents))
-    time.sleep(0)  # let the bar flush
+                on_progress(p["agents_done"], plan.agents, {"pages": p["decisions"], "rate": rate})
+        if ready:
+            break
+    summary = ray.get(ref)
+    if on_progress is not None:
+        on_progress(summary.get("agents_done", plan.agents), plan.agents, {})
     return summary

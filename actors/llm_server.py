@@ -20,7 +20,7 @@
   to the other replicas (a transport error makes a call avoid that endpoint).
 
 Tests and CPU machines: `argv` replaces the server's command line (e.g. the fake OpenAI server of
-`alignuser_sim.bench.throughput`, with `{host}`/`{port}` templates) and `num_gpus=0` lets replicas run without a GPU.
+`alignuser_sim.bench.fake_server`, with `{host}`/`{port}` templates) and `num_gpus=0` lets replicas run without a GPU.
 """
 
 from __future__ import annotations

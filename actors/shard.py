@@ -36,13 +36,15 @@ class PersonaShard:
         seed: int,
         cache_path: str | None,
         run_dir: str | None,
-        policy: PolicySetup | None = None,
+        policy: PolicySetup,
+        max_chunk: int,
     ):
         import openai  # noqa: F401 - the client imports it on its first call; pay that at start-up, not mid-run
 
-        llm = LLMClient.from_config(llm_config, endpoints=endpoints, cache_path=cache_path, run_dir=run_dir,
-                                    rng_seed=seed + shard_id)
-        self.core = ShardCore(shard_id, personas, Catalogue(items), llm, run_id, seed=seed, policy=policy)
+        self.llm = LLMClient.from_config(llm_config, endpoints=endpoints, cache_path=cache_path, run_dir=run_dir,
+                                         rng_seed=seed + shard_id)
+        self.core = ShardCore(shard_id, personas, Catalogue(items), self.llm, run_id, seed=seed, policy=policy,
+                              max_chunk=max_chunk)
 
     def ping(self) -> int:
         return os.getpid()
@@ -53,7 +55,7 @@ class PersonaShard:
     def set_endpoints(self, urls: list[str]) -> int:
         """Balance over these LLM endpoints from now on (a vLLM replica was replaced at a new URL); the
         endpoints kept keep their connections and counters."""
-        return self.core.llm.set_endpoints(urls)
+        return self.llm.set_endpoints(urls)
 
     async def decide(self, requests: list[PageRequest]) -> list[Event]:
         return await self.core.decide(requests)

@@ -1,33 +1,67 @@
-"""Atomic file writes: write a temporary file next to the target, then rename it over the target.
+"""File mechanics of every folder the commands write: atomic writes, keyed Parquet parts, folder locks, claims.
 
 Every command is resumable, and a resume trusts what it finds on disk (a plan, a summary, a Parquet part,
-a learning view). A process killed mid-write (Ctrl-C, out of memory, a lost node) must therefore never
-leave a half-written file under the real name: `os.replace` is atomic on POSIX, so a reader sees the old
-file or the new one, never a torn one. The temporary file is `<name>.tmp` in the same folder (a rename does
-not cross file systems); the readers of part folders glob `part-*.parquet`, which never matches it.
+a learning view). So:
+
+- **Atomic writes.** A process killed mid-write (Ctrl-C, out of memory, a lost node) must never leave a
+  half-written file under the real name. A file is written as `<name>.tmp` in the same folder (a rename
+  does not cross file systems), flushed to disk, renamed over the target (`os.replace` is atomic on
+  POSIX: a reader sees the old file or the new one), and the folder is flushed too, so the rename itself
+  survives a power cut. Part readers glob `part-*.parquet`, which never matches a temporary.
+- **Keyed part tables** (`PartTable`): rows written as they come, buffered, one Parquet part per flush,
+  named by writer and number (two writers never overwrite each other's parts); a second row with a key
+  already held is dropped, so a replayed page or a restarted worker never writes a row twice. Reading
+  merges the finished file and the parts, the first row per key winning. The simulation's events and the
+  evaluation's decisions and ratings are such tables.
+- **Folder locks** (`FolderLock`): flock, released by the kernel when the holder dies, so a crash never
+  leaves a stale lock to remove by hand.
+- **Claims** (`claim`): a folder written by one setup refuses another, so two setups' results never mix.
+- **Folder layouts** (`RunFolder`, `EvalFolder`, `CompareFolder`): the one place that names their files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
+import time
+import uuid
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from alignuser_sim.errors import UserError
+
+# --- atomic writes -------------------------------------------------------------------------------------------
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield the temporary path to write; a clean exit renames it over `path`, an error removes it."""
+    """Yield the temporary path to write; a clean exit renames it over `path` (both flushed to disk), an
+    error removes it."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         yield tmp
+        _fsync(tmp)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+    _fsync(path.parent, directory=True)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -42,9 +76,335 @@ def write_json(
     write_text(path, json.dumps(data, indent=indent, default=default))
 
 
-def write_parquet(table: Any, path: str | os.PathLike[str], **options: Any) -> None:
-    """A pyarrow table as Parquet (`options` go to `pq.write_table`)."""
-    import pyarrow.parquet as pq  # here: the text writers (report, finetune) do not load Parquet
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON object, or {} when the file does not exist."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {}
 
+
+def write_parquet(table: pa.Table, path: str | os.PathLike[str], **options: Any) -> None:
+    """A pyarrow table as Parquet (`options` go to `pq.write_table`)."""
     with replacing(path) as tmp:
         pq.write_table(table, tmp, **options)
+
+
+# --- keyed part tables -----------------------------------------------------------------------------------------
+
+# The accounting of one LLM call, in every table that stores calls (the simulation's events, the evaluation's
+# decisions and ratings): one definition, so the tables cannot drift apart. Spliced in where each table had
+# them: a schema's field order must not change, or the files already written no longer read with it.
+CALL_FIELDS = (
+    pa.field("failure", pa.string()),
+    pa.field("invalid_ids", pa.int32(), nullable=False),
+    pa.field("prompt_tokens", pa.int32(), nullable=False),
+    pa.field("completion_tokens", pa.int32(), nullable=False),
+    pa.field("latency_s", pa.float32(), nullable=False),
+    pa.field("from_cache", pa.bool_(), nullable=False),
+)
+
+
+def part_files(folder: Path) -> list[Path]:
+    """The parts of a part folder, oldest first (of a key written twice, the first write is the one kept)."""
+    return sorted(Path(folder).glob("part-*.parquet"), key=lambda p: p.stat().st_mtime_ns)
+
+
+def merge_parts(files: Sequence[Path], schema: pa.Schema, key: Sequence[str]) -> pa.Table:
+    """The files as one table: one row per key (the first in file order), sorted by key."""
+    table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]) if files else schema.empty_table()
+    seen: set[tuple] = set()
+    keep = []
+    for i, k in enumerate(zip(*(table[c].to_pylist() for c in key), strict=True)):
+        if k not in seen:
+            seen.add(k)
+            keep.append(i)
+    if len(keep) < table.num_rows:
+        table = table.take(pa.array(keep, pa.int64()))
+    return table.sort_by([(c, "ascending") for c in key])
+
+
+def read_parts(folder: Path, name: str, schema: pa.Schema, key: Sequence[str]) -> pa.Table:
+    """The table `name` of a folder: its finished `<name>.parquet` and its parts `<name>/part-*.parquet`."""
+    merged = Path(folder) / f"{name}.parquet"
+    return merge_parts(([merged] if merged.exists() else []) + part_files(Path(folder) / name), schema, key)
+
+
+R = TypeVar("R")
+
+
+class PartTable(Generic[R]):
+    """A keyed table written as it comes (see the module docstring): `<folder>/<name>/part-*.parquet` while
+    it grows, `<folder>/<name>.parquet` once finalized.
+
+    Rows are dicts by default; a caller holding its own row type gives `to_table` (rows -> a table of
+    `schema`) and `key_of` (row -> key). A part is written every `flush_s` seconds, or once `flush_events`
+    rows wait: one small Parquet file per batch was the largest cost of a cached run. What a crash loses
+    from the buffer is decided again by the resume. The keys on disk count as written only after `load()`
+    (a resume reads them; a fresh writer does not need to). `finalize` removes the parts it merged unless
+    `keep_parts`."""
+
+    def __init__(self, folder: Path, name: str, schema: pa.Schema, key: Sequence[str], *, flush_s: float = 1.0,
+                 flush_events: int | None = None, to_table: Callable[[list[R]], pa.Table] | None = None,
+                 key_of: Callable[[R], Hashable] | None = None, keep_parts: bool = False):
+        self.folder, self.name, self.schema, self.key = Path(folder), name, schema, tuple(key)
+        self.flush_s, self.flush_events, self.keep_parts = flush_s, flush_events, keep_parts
+        self.parts = self.folder / name
+        self.parts.mkdir(parents=True, exist_ok=True)
+        self._to_table = to_table or (lambda rows: pa.Table.from_pylist(rows, schema=schema))
+        self.key_of = key_of or (lambda row: tuple(row[k] for k in self.key))
+        self.keys: set[Hashable] = set()
+        self.duplicates = 0
+        self.writer = uuid.uuid4().hex[:8]
+        self._next_part = 1
+        self._buffer: list[R] = []
+        self._last_flush = time.monotonic()
+
+    @property
+    def path(self) -> Path:
+        return self.folder / f"{self.name}.parquet"
+
+    def read(self) -> pa.Table:
+        return read_parts(self.folder, self.name, self.schema, self.key)
+
+    def load(self) -> pa.Table:
+        """What is on disk (a resume); its keys count as written from now on."""
+        table = self.read()
+        self.keys.update(zip(*(table[c].to_pylist() for c in self.key), strict=True))
+        return table
+
+    def add(self, row: R) -> bool:
+        """Buffer the row unless its key is held; returns whether it was new."""
+        return bool(self.extend([row]))
+
+    def extend(self, rows: Iterable[R]) -> list[R]:
+        """Buffer the rows whose key is new; returns them."""
+        fresh = []
+        for row in rows:
+            key = self.key_of(row)
+            if key in self.keys:
+                self.duplicates += 1
+                continue
+            self.keys.add(key)
+            fresh.append(row)
+        self._buffer.extend(fresh)
+        full = self.flush_events is not None and len(self._buffer) >= self.flush_events
+        if full or time.monotonic() - self._last_flush >= self.flush_s:
+            self.flush()
+        return fresh
+
+    def flush(self) -> None:
+        """Write the buffered rows as one part file (whole or not at all)."""
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        path = self.parts / f"part-{self.writer}-{self._next_part:06d}.parquet"
+        self._next_part += 1
+        write_parquet(self._to_table(self._buffer), path)
+        self._buffer = []
+
+    def finalize(self) -> pa.Table:
+        """Merge everything into `<name>.parquet`, one row per key (the first written), sorted by key."""
+        self.flush()
+        table = self.read()
+        write_parquet(table, self.path)
+        if not self.keep_parts:
+            for part in part_files(self.parts):
+                part.unlink()
+        return table
+
+
+# --- locks and claims -------------------------------------------------------------------------------------------
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held in `<folder>/<name>` (flock: released by the kernel when its
+    holder dies). `wait_s` > 0 waits that long for a holder to finish (a killed driver's actors may outlive
+    it for a few seconds); otherwise a held lock fails at once, with `busy` in the message."""
+
+    def __init__(self, folder: Path, name: str, *, wait_s: float = 0.0,
+                 busy: str = "another process is working in this folder"):
+        self.folder, self.path, self.wait_s, self.busy = Path(folder), Path(folder) / name, wait_s, busy
+        self._fd: int | None = None
+
+    def __enter__(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise UserError(f"{self.folder}: {self.busy}") from None
+                time.sleep(0.2)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+
+def claim(path: Path, fingerprint: dict[str, Any], holds: str) -> dict[str, Any]:
+    """Refuse a folder whose plan file (`path`) was written with another fingerprint; returns the plan found
+    ({} for a new folder) so the caller can merge what it records. `holds` names the folder's content in
+    the error ("an evaluation")."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = read_json(path)
+    theirs = old.get("fingerprint", fingerprint)
+    if theirs != fingerprint:
+        changed = sorted(k for k in set(fingerprint) | set(theirs) if theirs.get(k) != fingerprint.get(k))
+        raise UserError(f"{path.parent}: holds {holds} of another setup (differs in: {', '.join(changed)}); "
+                        f"use --out DIR or remove the folder")
+    return old
+
+
+# --- folder layouts ---------------------------------------------------------------------------------------------
+
+SCENARIO_FILE = "scenario.yaml"  # the resolved scenario, in every folder a command writes
+
+
+@dataclass(frozen=True)
+class _Folder:
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def scenario(self) -> Path:
+        return self.path / SCENARIO_FILE
+
+
+@dataclass(frozen=True)
+class RunFolder(_Folder):
+    """A simulation run: `run.json` (run id, shard layout, status), `scenario.yaml`, `events/` parts while it
+    runs, then `events.parquet` and `stats.json`; `run.log`, `llm_failures.jsonl` and, when exported,
+    `rollouts.parquet` beside them. Everything a resume needs is here."""
+
+    LOCK = "run.lock"
+    EVENTS = "events"
+
+    @property
+    def meta_path(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def events(self) -> Path:
+        return self.path / f"{self.EVENTS}.parquet"
+
+    @property
+    def stats(self) -> Path:
+        return self.path / "stats.json"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "run.log"
+
+    @property
+    def llm_failures(self) -> Path:
+        return self.path / "llm_failures.jsonl"
+
+    @property
+    def rollouts(self) -> Path:
+        return self.path / "rollouts.parquet"
+
+    def exists(self) -> bool:
+        return self.meta_path.exists()
+
+    def meta(self) -> dict[str, Any]:
+        """run.json ({} without one)."""
+        return read_json(self.meta_path)
+
+    def write_meta(self, meta: dict[str, Any]) -> None:
+        write_json(self.meta_path, meta, default=str)
+
+    def update_meta(self, **changes: Any) -> None:
+        self.write_meta({**self.meta(), **changes})
+
+    def status(self) -> str:
+        """absent, running (started, not finished: resume it) or complete."""
+        if not self.exists():
+            return "absent"
+        return "complete" if self.meta().get("status") == "complete" else "running"
+
+    def is_complete(self) -> bool:
+        return self.status() == "complete" and self.events.exists()
+
+    def shards(self) -> dict[int, list[str]]:
+        return {int(k): list(v) for k, v in self.meta().get("shards", {}).items()}
+
+    def lock(self, wait_s: float = 120.0) -> FolderLock:
+        """Keeps two drivers of one run from running at once (a killed driver's actors may outlive it)."""
+        return FolderLock(self.path, self.LOCK, wait_s=wait_s, busy="another process is still driving this run")
+
+
+@dataclass(frozen=True)
+class EvalFolder(_Folder):
+    """A micro evaluation: `plan.json` (the claim, the users of the latest run, the learning each policy
+    used), `scenario.yaml`, the `decisions` and `ratings` part tables, and `eval.json` once summarized."""
+
+    DECISIONS = "decisions"
+    RATINGS = "ratings"
+
+    @property
+    def plan(self) -> Path:
+        return self.path / "plan.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "eval.json"
+
+    def exists(self) -> bool:
+        return self.plan.exists()
+
+
+@dataclass(frozen=True)
+class CompareFolder(_Folder):
+    """A recommender comparison: `compare_plan.json` (the claim, recommenders, K, bootstrap), `scenario.yaml`,
+    one run folder per recommender (`<algorithm>/`), `offline.parquet` and `compare.json` once summarized."""
+
+    @property
+    def plan(self) -> Path:
+        return self.path / "compare_plan.json"
+
+    @property
+    def offline(self) -> Path:
+        return self.path / "offline.parquet"
+
+    @property
+    def summary(self) -> Path:
+        return self.path / "compare.json"
+
+    def run(self, algorithm: str) -> RunFolder:
+        return RunFolder(self.path / algorithm)
+
+    def exists(self) -> bool:
+        return self.plan.exists()
+
+
+@dataclass(frozen=True)
+class LearningFolder(_Folder):
+    """What `learn` writes for a scenario: the journal it resumes from (`journal.jsonl`), then per persona
+    `lessons.parquet` (the lesson memories), `tastes.parquet` (LLM-written taste), `transitions.parquet`
+    (world-model transitions with their true outcome: the policy's hints), the world model's
+    `worldmodel_predictions.parquet`, the `reflections.parquet`, `summary.json` and, from `learn worldmodel`,
+    `worldmodel_eval.json`. The simulation and the evaluation read lessons, tastes and transitions."""
+
+    JOURNAL = "journal.jsonl"
+    LESSONS = "lessons.parquet"
+    TASTES = "tastes.parquet"
+    TRANSITIONS = "transitions.parquet"
+    PREDICTIONS = "worldmodel_predictions.parquet"
+    REFLECTIONS = "reflections.parquet"
+    SUMMARY = "summary.json"
+    WORLD_MODEL_EVAL = "worldmodel_eval.json"
+    LOCK = ".learn.lock"
+
+    def lock(self) -> FolderLock:
+        """One `learn` per folder: two would append to one journal and rewrite the same Parquet files."""
+        return FolderLock(self.path, self.LOCK, busy="another `alignuser-sim learn` is working in this folder")

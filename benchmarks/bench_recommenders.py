@@ -4,7 +4,7 @@ Serving: each algorithm is fitted on ALL of the dataset's interactions (as in a 
 user is served `--rounds` pages of k=4 in batches of `--batch` users (`pages()`), each page followed by
 feedback (the first item watched, the page shown). We report the best of `--repeat` fits, pages/s and
 feedback calls/s, and the pickled size of the fitted model and of the per-user state it accumulated.
-Offline: Recall@20 / NDCG@20 on the held-out split (`alignuser_sim.recommenders.offline`).
+Offline: Recall@20 / NDCG@20 on the held-out split (`alignuser_sim.evaluation.offline`).
 
     .venv/bin/python benchmarks/bench_recommenders.py ml-100k ml-1m-agent4rec
 
@@ -46,8 +46,8 @@ def serve(rec, users: list[str], rounds: int, batch: int) -> tuple[float, float]
 def measure(name: str, algorithms: list[str], rounds: int, batch: int, repeat: int) -> list[dict]:
     from alignuser_sim.config import RecommenderConfig, scenario_from_dict
     from alignuser_sim.data import load_dataset
+    from alignuser_sim.evaluation.offline import evaluate_offline, split_dataset
     from alignuser_sim.recommenders import make_recommender
-    from alignuser_sim.recommenders.offline import evaluate_offline, split_dataset
 
     ds = load_dataset(scenario_from_dict({"dataset": {"name": name}}).dataset)
     users = sorted(set(ds.interactions["user_id"].to_pylist()))

@@ -78,15 +78,21 @@ def shard_rss(coordinator) -> dict[int, int]:
     return {i: psutil.Process(pid).memory_info().rss for i, pid in zip(handles, pids, strict=True)}
 
 
+def _run(scenario, out: Path, **runner_options):
+    """(plan, summary) of one run on Ray: the library plans it, actors/ places it."""
+    from actors.launch import RayRunner
+    from alignuser_sim.simulation.runs import plan_run
+
+    runner = RayRunner(**runner_options)
+    plan = plan_run(scenario, out, runner.shard_count(scenario.population.size or 10**9))
+    return plan, runner(plan)
+
+
 def run_once(scenario, out: Path, rss: dict):
-    from rich.console import Console
-
-    from actors.launch import run_on_ray
-
     def grab(plan, coordinator):
         rss["coordinator"] = coordinator
 
-    plan, summary = run_on_ray(scenario, out=out, console=Console(stderr=True, quiet=True), on_start=grab)
+    plan, summary = _run(scenario, out, on_start=grab)
     rss["shards"] = shard_rss(rss["coordinator"])
     return plan, summary
 
@@ -114,12 +120,10 @@ def main() -> None:
             with fake_user_server() as server:
                 cache = str(work / f"cache-{n}.sqlite")
                 sc = scenario_for(n, args.pages, server.base_url, "read_write", work)
-                from actors.launch import run_on_ray
-
-                _, fill = run_on_ray(sc, out=work / f"fill-{n}", cache_path=cache)
+                _, fill = _run(sc, work / f"fill-{n}", cache_path=cache)
                 t0 = time.perf_counter()
-                plan, summary = run_on_ray(sc, out=work / f"measured-{n}", cache_path=cache,
-                                           on_start=lambda p, c, rss=rss: rss.__setitem__("coordinator", c))
+                plan, summary = _run(sc, work / f"measured-{n}", cache_path=cache,
+                                     on_start=lambda p, c, rss=rss: rss.__setitem__("coordinator", c))
                 wall = time.perf_counter() - t0
                 rss["shards"] = shard_rss(rss["coordinator"])
                 assert summary["from_cache"] == summary["decisions"], "not every decision came from the cache"

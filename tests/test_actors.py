@@ -57,19 +57,24 @@ def test_library_never_imports_ray():
 
 
 def test_full_run_on_ray(ray_local, fake_server, tmp_path):
-    from actors.launch import run_on_ray
+    from actors.launch import RayRunner
+    from alignuser_sim.api import simulate
+    from alignuser_sim.store import RunFolder
 
-    plan, summary = run_on_ray(make_scenario(tmp_path, fake_server.base_url), out=tmp_path / "run")
-    assert len(plan.shards) >= 2  # 2 CPUs -> 2 shards
+    result = simulate(make_scenario(tmp_path, fake_server.base_url), out=tmp_path / "run", runner=RayRunner())
+    shards = RunFolder(result.run_dir).shards()
+    assert len(shards) >= 2  # 2 CPUs -> 2 shards
     rows = check_exactly_once(tmp_path / "run", 24, 3)
+    summary = result.summary
     assert summary["decisions"] == len(rows) and summary["agents_done"] == 24
-    assert {r["shard"] for r in rows} == set(plan.shards)
+    assert {r["shard"] for r in rows} == set(shards)
     stats = json.loads((tmp_path / "run" / "stats.json").read_text())
     assert stats["llm"]["calls"] >= len(rows)
 
 
 def test_shard_killed_mid_run_restarts_and_loses_nothing(ray_local, tmp_path):
-    from actors.launch import run_on_ray
+    from actors.launch import RayRunner
+    from alignuser_sim.api import simulate
 
     killed = []
 
@@ -86,8 +91,8 @@ def test_shard_killed_mid_run_restarts_and_loses_nothing(ray_local, tmp_path):
         threading.Thread(target=killer, daemon=True).start()
 
     with fake_user_server(delay_s=0.05) as server:
-        plan, summary = run_on_ray(make_scenario(tmp_path, server.base_url, size=32, pages=4),
-                                   out=tmp_path / "run", on_start=kill_a_shard)
+        summary = simulate(make_scenario(tmp_path, server.base_url, size=32, pages=4), out=tmp_path / "run",
+                           runner=RayRunner(on_start=kill_a_shard)).summary
     assert killed, "the shard was never killed"
     assert summary["shard_restarts"] >= 1
     check_exactly_once(tmp_path / "run", 32, 4)
@@ -96,8 +101,8 @@ def test_shard_killed_mid_run_restarts_and_loses_nothing(ray_local, tmp_path):
 def test_unreachable_endpoint_is_one_line_before_the_run(tmp_path):
     import socket
 
-    from actors.launch import check_endpoints
     from alignuser_sim.errors import UserError
+    from alignuser_sim.llm.endpoints import check_endpoints
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))

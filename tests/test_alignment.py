@@ -8,13 +8,14 @@ import pytest
 
 from alignuser_sim.agent.memory import load_lesson_memories
 from alignuser_sim.agent.persona_agent import PersonaAgent
+from alignuser_sim.bench.fake_users import fake_decision
 from alignuser_sim.config import scenario_from_dict
 from alignuser_sim.core import Action, ItemView, NextState, State
 from alignuser_sim.data.personas import Persona
-from alignuser_sim.learning.learner import prepare, run_learning
+from alignuser_sim.learning.inputs import prepare
+from alignuser_sim.learning.learner import run_learning
 from alignuser_sim.learning.reflection import Reflection, clean_lessons, reflection_messages, sample_alternatives
 from alignuser_sim.testing import ScriptedLLM
-from alignuser_sim.testing.fake_users import fake_decision
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,16 +12,10 @@ import time
 import httpx
 import pytest
 
-from alignuser_sim.bench.throughput import (
-    AGENT4REC_POOL,
-    FakeServer,
-    ProcessSampler,
-    markdown_table,
-    naive_loop,
-    plot_scaling,
-    rates,
-    write_results,
-)
+from alignuser_sim.bench.fake_server import FakeServer
+from alignuser_sim.bench.naive import AGENT4REC_POOL, naive_loop, rates
+from alignuser_sim.bench.results import markdown_table, plot_scaling, write_results
+from alignuser_sim.bench.sampler import ProcessSampler
 from alignuser_sim.simulation.driver import Driver, PageRequest
 from alignuser_sim.simulation.events import Event, EventLog
 
@@ -111,7 +105,7 @@ def test_driver_streams_decisions_back_as_they_finish(tmp_path):
 
 
 def test_fake_server_answers_page_decisions_after_its_latency():
-    from alignuser_sim.agent.persona_agent import PageDecision, page_schema
+    from alignuser_sim.agent.decision import PageDecision, page_schema
     from alignuser_sim.llm import LLMClient
 
     with FakeServer(latency_s=0.2, jitter=0.0) as server:

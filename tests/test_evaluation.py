@@ -15,15 +15,9 @@ from alignuser_sim.config import scenario_from_dict
 from alignuser_sim.data import load_dataset
 from alignuser_sim.data.holdout import split_dataset
 from alignuser_sim.errors import UserError
-from alignuser_sim.evaluation.micro import (
-    MAX_RATIO,
-    build_cases,
-    open_stores,
-    pending_tasks,
-    plan_eval,
-    run_eval,
-    summarize,
-)
+from alignuser_sim.evaluation.cases import MAX_RATIO, build_cases
+from alignuser_sim.evaluation.micro import open_stores, pending_tasks, plan_eval, run_eval
+from alignuser_sim.evaluation.summary import summarize
 from alignuser_sim.testing.fake_llm import ScriptedLLM
 
 CLI = str(Path(sys.executable).with_name("alignuser-sim"))
@@ -238,7 +232,8 @@ def test_eval_json_written_by_cli_path(tmp_path):
 
 def test_summarize_a_hand_made_table(tmp_path):
     """Two policies, two users, one ratio; every number below is counted by hand."""
-    from alignuser_sim.evaluation.micro import DECISION_KEY, DECISIONS, RATING_KEY, RATINGS, PartStore
+    from alignuser_sim.evaluation.micro import DECISION_KEY, DECISIONS, RATING_KEY, RATINGS
+    from alignuser_sim.store import PartTable as PartStore
 
     (tmp_path / "plan.json").write_text(json.dumps({"bootstrap": 0, "seed": 0, "users": ["u1", "u2"]}))
     decisions = PartStore(tmp_path, "decisions", DECISIONS, DECISION_KEY)

@@ -13,15 +13,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from alignuser_sim.agent.persona_agent import PageDecision
-from alignuser_sim.agent.policy import PolicySetup
+from alignuser_sim.agent.decision import PageDecision
+from alignuser_sim.agent.policy import PolicySetup, load_tastes
+from alignuser_sim.bench.fake_users import fake_decision
 from alignuser_sim.config import load_scenario, scenario_from_dict
 from alignuser_sim.data import load_dataset
 from alignuser_sim.data.holdout import split_dataset
-from alignuser_sim.learning.learner import load_tastes, prepare, run_learning, run_world_model_eval
+from alignuser_sim.learning.inputs import prepare
+from alignuser_sim.learning.learner import run_learning, run_world_model_eval
 from alignuser_sim.learning.world_model import Prediction
 from alignuser_sim.testing import ScriptedLLM, http_error
-from alignuser_sim.testing.fake_users import fake_decision
 
 pytestmark = pytest.mark.timeout(180)
 ALIGNUSER_SIM = str(Path(sys.executable).parent / "alignuser-sim")
@@ -281,7 +282,7 @@ def test_export_writes_chat_jsonl_for_both_tasks(tmp_path):
 
 def test_world_model_budget_grows_with_id_length_and_stays_under_the_cap():
     """Ten-digit Amazon ids truncated every world-model reply at the old fixed 8 tokens per candidate."""
-    from alignuser_sim.learning.learner import world_model_sampling
+    from alignuser_sim.learning.world_model import world_model_sampling
 
     labels, genres = ["human", "alt1"], ["Literature & Fiction", "Mystery, Thriller & Suspense", "Humor"]
     books = [str(1430231920 + 7919 * i) for i in range(8)]

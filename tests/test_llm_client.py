@@ -21,15 +21,18 @@ from alignuser_sim.config import LLMConfig
 from alignuser_sim.errors import UserError
 from alignuser_sim.llm import (
     Accounting,
+    CallResult,
     CompletionCache,
     LatencyHistogram,
     LLMClient,
     ReplayMissError,
+    Usage,
     build_messages,
     cache_key,
     json_schema_for,
 )
-from alignuser_sim.llm.client import backoff_delay, normalize_base_url, parse_retry_after
+from alignuser_sim.llm.retry import RetryPolicy, backoff_delay
+from alignuser_sim.llm.transport import normalize_base_url, parse_retry_after
 from alignuser_sim.testing import Reply, ScriptedServer, drop, hold, status
 
 pytestmark = pytest.mark.timeout(60)
@@ -516,3 +519,26 @@ def test_set_endpoints_keeps_known_endpoints_and_rejects_none():
     assert a not in client.endpoints
     with pytest.raises(UserError, match="llm.endpoints"):
         client.set_endpoints([])
+
+
+def test_client_defaults_are_the_configs_and_from_config_passes_every_knob():
+    default = LLMConfig()
+    client = LLMClient(["http://h:1"], cache="off")
+    assert client.sampling == default.sampling.model_dump() and client.model == default.model
+    assert (client.concurrency, client.timeout_s) == (default.concurrency, default.timeout_s)
+    assert client.retry == RetryPolicy.from_config(default)
+    assert client.balancer.cooldown_s == default.endpoint_cooldown_s
+    knobs = dict(max_retries=7, validation_retries=3, backoff_base_s=0.25, backoff_max_s=4.0, retry_after_max_s=9.0)
+    config = LLMConfig(endpoints=["http://h:1"], cache="off", endpoint_cooldown_s=2.5, **knobs)
+    client = LLMClient.from_config(config)
+    assert client.retry == RetryPolicy(**knobs) and client.balancer.cooldown_s == 2.5
+
+
+def test_call_result_says_whether_a_failure_is_transient():
+    def result(failure):
+        return CallResult(None, None, None, Usage(), 0.0, 1, False, "k", failure=failure)
+
+    for kind in ("timeout", "connection", "http_500", "http_503", "http_429", "http_408"):
+        assert result(kind).transient, kind
+    for kind in (None, "invalid_json", "schema", "length", "http_400", "http_404"):
+        assert not result(kind).transient, kind

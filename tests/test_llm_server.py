@@ -1,6 +1,6 @@
 """vLLM replicas as Ray actors: start, health checks, a dead replica replaced, clients told the new URL.
 
-No GPU here: the replicas run the fake OpenAI server of `alignuser_sim.bench.throughput` (its command line injected as
+No GPU here: the replicas run the fake OpenAI server of `alignuser_sim.bench.fake_server` (its command line injected as
 `argv`, `num_gpus=0`), so the supervisor's logic is tested as it runs around a real vLLM.
 """
 
@@ -15,7 +15,7 @@ import httpx
 import pyarrow.parquet as pq
 import pytest
 
-from alignuser_sim.bench.throughput import fake_server_argv
+from alignuser_sim.bench.fake_server import fake_server_argv
 from alignuser_sim.config import ServeConfig, scenario_from_dict
 from alignuser_sim.errors import ScenarioError
 
@@ -38,7 +38,7 @@ def fake_server_pids(latency: str) -> list[int]:
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
             except OSError:
                 continue
-            if b"alignuser_sim.bench.throughput fake-server" in cmd and f"--latency {latency} ".encode() in cmd:
+            if b"alignuser_sim.bench.fake_server --host" in cmd and f"--latency {latency} ".encode() in cmd:
                 pids.append(int(entry.name))
     return pids
 
@@ -52,7 +52,7 @@ def test_replicas_and_endpoints_together_are_one_line_error():
 
 def test_pool_balances_and_replaces_dead_replicas(ray_local):
     from actors.llm_server import ReplicaPool, wait_for
-    from alignuser_sim.agent.persona_agent import PageDecision, page_schema
+    from alignuser_sim.agent.decision import PageDecision, page_schema
     from alignuser_sim.llm import LLMClient
 
     changes: list[list[str]] = []
@@ -88,7 +88,8 @@ def test_pool_balances_and_replaces_dead_replicas(ray_local):
 
 
 def test_run_with_replicas_survives_a_replica_dying(ray_local, tmp_path):
-    from actors.launch import run_on_ray
+    from actors.launch import RayRunner
+    from alignuser_sim.api import simulate
 
     scenario = scenario_from_dict({
         "seed": 2, "dataset": {"name": "ml-100k"}, "population": {"size": 32},
@@ -111,7 +112,8 @@ def test_run_with_replicas_survives_a_replica_dying(ray_local, tmp_path):
 
     # slow enough (2 calls in flight, 0.3 s each) that the run outlasts the replacement on a loaded machine
     overrides = {**FAKE, "argv": fake_server_argv("{host}", "{port}", latency_s=0.3013)}
-    plan, summary = run_on_ray(scenario, out=tmp_path / "run", serve_overrides=overrides, on_start=kill_a_server)
+    runner = RayRunner(serve_overrides=overrides, on_start=kill_a_server)
+    summary = simulate(scenario, out=tmp_path / "run", runner=runner).summary
     assert killed and summary["llm_replicas_replaced"] >= 1
     rows = pq.read_table(tmp_path / "run" / "events.parquet").to_pylist()
     assert len({(r["agent_id"], r["page"]) for r in rows}) == len(rows) == summary["decisions"]

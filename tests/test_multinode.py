@@ -1,7 +1,7 @@
 """Two Ray nodes on one machine (`ray.cluster_utils.Cluster`): shards spread over both, the worker node
 removed mid-run, its shards restart on the head node, and the run completes with no event lost or doubled.
 
-The LLM is the fake server of `alignuser_sim.bench.throughput` (fast), so the test runs in seconds. The cluster is this
+The LLM is the fake server of `alignuser_sim.bench.fake_server` (fast), so the test runs in seconds. The cluster is this
 module's own: Ray is shut down before (another module's local Ray) and after it.
 """
 
@@ -11,7 +11,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from alignuser_sim.bench.throughput import FakeServer
+from alignuser_sim.bench.fake_server import FakeServer
 from alignuser_sim.config import scenario_from_dict
 
 ray = pytest.importorskip("ray")
@@ -49,7 +49,8 @@ def node_of(shard, timeout_s=120.0):
 
 
 def test_node_lost_mid_run_loses_no_event(two_nodes, tmp_path):
-    from actors.launch import run_on_ray
+    from actors.launch import RayRunner
+    from alignuser_sim.api import simulate
 
     cluster, worker = two_nodes
     head_id = cluster.head_node.node_id
@@ -57,6 +58,8 @@ def test_node_lost_mid_run_loses_no_event(two_nodes, tmp_path):
     seen: dict = {}
 
     def remove_worker_mid_run(plan, coordinator):
+        seen["plan"] = plan
+
         def run():
             while ray.get(coordinator.progress.remote())["decisions"] < 12:
                 time.sleep(0.05)
@@ -78,7 +81,7 @@ def test_node_lost_mid_run_loses_no_event(two_nodes, tmp_path):
             "llm": {"endpoints": [server.base_url], "cache": "off", "concurrency": 2},
             "output_dir": str(tmp_path),
         })
-        plan, summary = run_on_ray(scenario, out=tmp_path / "run", on_start=remove_worker_mid_run)
+        summary = simulate(scenario, out=tmp_path / "run", runner=RayRunner(on_start=remove_worker_mid_run)).summary
         seen["thread"].join(timeout=120)
         served = server.stats()["requests"]
 
@@ -98,4 +101,4 @@ def test_node_lost_mid_run_loses_no_event(two_nodes, tmp_path):
         assert [r["page"] for r in pages] == list(range(len(pages)))
         assert pages[-1]["action"] == "exit" or len(pages) == 5
     assert served >= len(rows)  # pages in flight on the lost node were decided again
-    assert {r["shard"] for r in rows} == set(plan.shards)
+    assert {r["shard"] for r in rows} == set(seen["plan"].shards)

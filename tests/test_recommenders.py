@@ -9,10 +9,11 @@ import pytest
 
 from alignuser_sim.config import RecommenderConfig, scenario_from_dict
 from alignuser_sim.data import load_dataset
+from alignuser_sim.data.holdout import split_dataset as split_dataset_for_learning
 from alignuser_sim.data.tables import Dataset, make_interactions, make_items
 from alignuser_sim.errors import UserError
+from alignuser_sim.evaluation.offline import evaluate_offline, recall_ndcg, split_dataset
 from alignuser_sim.recommenders import ALGORITHMS, make_recommender
-from alignuser_sim.recommenders.offline import evaluate_offline, recall_ndcg, split_dataset
 
 # tiny-data settings: LightGCN needs more passes over 240 edges than its defaults give
 FAST = {"lightgcn": {"epochs": 60}}
@@ -253,7 +254,7 @@ def test_recall_and_ndcg_by_hand():
 
 
 def temporal_dataset() -> Dataset:
-    # the last of each user's >= 5 interactions (by ts) is held out; u4 (3 interactions) only trains
+    # the last 20% (rounded up, at least one left to train on) of each user's interactions by ts is held out
     rows = {
         "u1": ["p", "q", "r", "s", "t"],
         "u2": ["p", "q", "r", "x", "s"],
@@ -274,19 +275,21 @@ def temporal_dataset() -> Dataset:
 def test_temporal_split_and_pop_metrics_by_hand():
     ds = temporal_dataset()
     split = split_dataset(ds)
-    assert split.test == {"u1": {"t"}, "u2": {"s"}, "u3": {"x"}}
-    assert split.train.num_rows == 15
-    # training popularity: p 4, q 4, r 3, s 2, t 1, x 1 (t before x in the catalogue)
-    # u1 ranks t, x -> hit at 1; u2 ranks s, t -> hit at 1; u3 ranks r, x -> hit at 2
+    assert split.test == {"u1": {"t"}, "u2": {"s"}, "u3": {"x"}, "u4": {"r"}}
+    assert split.train.num_rows == 14
+    # the same split learning and the micro evaluation use
+    assert split.train.num_rows == split_dataset_for_learning(ds)[0].interactions.num_rows
+    # training popularity: p 4, q 4, r 2, s 2, t 1, x 1 (ties in catalogue order)
+    # u1 ranks t, x -> hit at 1; u2 ranks s, t -> hit at 1; u3 ranks r, x -> hit at 2; u4 ranks r, s -> hit at 1
     (row,) = evaluate_offline(ds, ["pop"], k_values=(1, 2), seed=0)
-    assert row["users"] == 3
-    assert row["recall@1"] == pytest.approx(2 / 3)
-    assert row["ndcg@1"] == pytest.approx(2 / 3)
+    assert row["users"] == 4
+    assert row["recall@1"] == pytest.approx(3 / 4)
+    assert row["ndcg@1"] == pytest.approx(3 / 4)
     assert row["recall@2"] == pytest.approx(1.0)
-    assert row["ndcg@2"] == pytest.approx((1 + 1 + 1 / math.log2(3)) / 3)
+    assert row["ndcg@2"] == pytest.approx((1 + 1 + 1 / math.log2(3) + 1) / 4)
 
 
-def test_dataset_split_column_train_to_test_hides_valid_items():
+def test_dataset_split_column_holds_out_test_rows_and_trains_on_valid():
     inter = make_interactions(
         ["u1", "u1", "u1", "u2", "u2", "u2", "u3", "u3"],
         ["p", "r", "s", "r", "s", "q", "r", "s"],
@@ -295,8 +298,8 @@ def test_dataset_split_column_train_to_test_hides_valid_items():
     ids = ["p", "q", "r", "s"]
     ds = Dataset("split", inter, make_items(ids, ids, [[]] * 4), users_of(inter))
     split = split_dataset(ds)
-    assert split.test == {"u1": {"s"}} and split.hidden == {"u1": {"r"}}
-    # r is the most popular training item: were u1's valid item not hidden, it would push s to rank 2
+    assert split.test == {"u1": {"s"}}
+    # u1's valid item r is training (as for learning): seen, so never ranked; s (2) beats q (1) for u1
     (row,) = evaluate_offline(ds, ["pop"], k_values=(1,), seed=0)
     assert row["recall@1"] == 1.0 and row["ndcg@1"] == 1.0
 
@@ -351,7 +354,7 @@ def test_cli_offline_prints_the_table_and_rejects_bad_names(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["offline", str(scenario), "--recommenders", "pop,random", "--k", "1,2"])
     assert result.exit_code == 0, result.output
-    assert "Recall@2" in result.output and "pop" in result.output and "3 users" in result.output
+    assert "Recall@2" in result.output and "pop" in result.output and "4 users" in result.output
     result = runner.invoke(app, ["offline", str(scenario), "--recommenders", "pop,bpr"])
     assert isinstance(result.exception, UserError)
     assert str(result.exception).startswith("--recommenders: unknown recommender 'bpr'")

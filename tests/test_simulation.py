@@ -7,7 +7,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from alignuser_sim.agent.persona_agent import PageDecision, PersonaAgent, check_decision, page_schema
+from alignuser_sim.agent.decision import PageDecision, check_decision, page_schema
+from alignuser_sim.agent.persona_agent import PersonaAgent
 from alignuser_sim.config import scenario_from_dict
 from alignuser_sim.core import Catalogue
 from alignuser_sim.data.personas import Persona
@@ -182,8 +183,8 @@ def test_llm_server_down_for_a_while_the_run_backs_off_and_continues(scenario, t
     import json as _json
     import time as _time
 
+    from alignuser_sim.bench.fake_users import fake_decision
     from alignuser_sim.llm import LLMClient
-    from alignuser_sim.testing.fake_users import fake_decision
     from alignuser_sim.testing.http_server import Reply, ScriptedServer, status
 
     down_from: list[float] = []  # down for 1.5 s from the first request on

@@ -12,7 +12,9 @@ ray = pytest.importorskip("ray")
 
 
 def test_short_run_against_vllm(vllm_server, ray_local, tmp_path):
-    from actors.launch import run_on_ray
+    from actors.launch import RayRunner
+    from alignuser_sim.api import simulate
+    from alignuser_sim.store import RunFolder
 
     agents, pages = 8, 2
     scenario = scenario_from_dict({
@@ -22,11 +24,12 @@ def test_short_run_against_vllm(vllm_server, ray_local, tmp_path):
                 "sampling": {"temperature": 0.7, "top_p": 1.0, "max_tokens": 800}},
         "output_dir": str(tmp_path),
     })
-    plan, summary = run_on_ray(scenario, out=tmp_path / "run", cache_path=str(tmp_path / "cache.sqlite"))
+    result = simulate(scenario, out=tmp_path / "run", runner=RayRunner(cache_path=str(tmp_path / "cache.sqlite")))
+    shards = RunFolder(result.run_dir).shards()
     rows = pq.read_table(tmp_path / "run" / "events.parquet").to_pylist()
     keys = {(r["agent_id"], r["page"]) for r in rows}
     assert len(keys) == len(rows)
-    assert {r["agent_id"] for r in rows} == {u for ids in plan.shards.values() for u in ids}
+    assert {r["agent_id"] for r in rows} == {u for ids in shards.values() for u in ids}
     ok = [r for r in rows if r["failure"] is None]
     assert len(ok) >= 0.8 * len(rows), [r["failure"] for r in rows]
     for r in ok:  # decisions of a real model, checked against the page
@@ -37,4 +40,4 @@ def test_short_run_against_vllm(vllm_server, ray_local, tmp_path):
     # the events' tokens are the LLM client's accounting, summed over the shards
     assert stats["llm"]["completion_tokens"] == sum(r["completion_tokens"] for r in rows)
     assert stats["llm"]["prompt_tokens"] == sum(r["prompt_tokens"] for r in rows)
-    assert summary["decisions"] == len(rows) and summary["agents_done"] == agents
+    assert result.summary["decisions"] == len(rows) and result.summary["agents_done"] == agents

@@ -7,18 +7,17 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from alignuser_sim.agent.world_hints import WorldModelHints, load_world_model_context
 from alignuser_sim.config import RecommenderConfig
 from alignuser_sim.core import Action, ItemView, NextState, State
 from alignuser_sim.learning.world_model import (
     Predicted,
     Prediction,
-    WorldModelHints,
     candidate_genres,
     candidate_items,
     check_prediction,
     dominant_genres,
     labels_for,
-    load_world_model_context,
     mean_scores,
     prediction_messages,
     prediction_schema,

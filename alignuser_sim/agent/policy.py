@@ -7,7 +7,8 @@ comparison all build their agents through `PolicySetup`, so a switch in the scen
 them the same way (ablations: `policy.lessons` / `policy.world_model`).
 
 A `PolicySetup` is plain data (picklable): the driver loads it once and ships each shard its agents' part,
-so shards on other nodes need no shared file system.
+so shards on other nodes need no shared file system. Everything it reads from the learning folder (tastes,
+lessons, world-model hints) is read by agent code, never by importing learning: learning writes those files.
 """
 
 from __future__ import annotations
@@ -16,10 +17,28 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
+
+from alignuser_sim.agent.memory import load_lesson_memories
 from alignuser_sim.agent.persona_agent import LessonMemory, NoLessons, NoWorldModel, PersonaAgent, WorldModelContext
+from alignuser_sim.agent.world_hints import load_world_model_context
 from alignuser_sim.config import PolicyConfig, Scenario
 from alignuser_sim.data.personas import Persona
 from alignuser_sim.errors import UserError
+from alignuser_sim.store import LearningFolder
+
+TASTES_FILE = LearningFolder.TASTES
+
+
+def load_tastes(folder: Path, user_ids: list[str]) -> dict[str, str]:
+    """LLM-written taste text of `user_ids` from a learning folder ({} when none was written). Learning writes
+    the file (`learning/taste.py`); it is read here so that agents never import learning."""
+    path = Path(folder) / TASTES_FILE
+    if not path.is_file():
+        return {}
+    wanted = set(user_ids)
+    return {r["user_id"]: r["taste"] for r in pq.read_table(path, columns=["user_id", "taste"]).to_pylist()
+            if r["user_id"] in wanted and r["taste"]}
 
 
 @dataclass
@@ -45,16 +64,10 @@ class PolicySetup:
                 f"policy '{config.label}' needs the learning folder {folder}, which does not exist: "
                 f"run `alignuser-sim learn SCENARIO` first (or set policy: prompt-only)")
         if folder.is_dir():
-            from alignuser_sim.learning.learner import load_tastes
-
             setup.tastes = load_tastes(folder, user_ids)
         if config.use_lessons:
-            from alignuser_sim.agent.memory import load_lesson_memories
-
             setup.lessons = load_lesson_memories(folder, user_ids, embedder=scenario.learning.embedder)
         if config.use_world_model:
-            from alignuser_sim.learning.world_model import load_world_model_context
-
             setup.world_model = load_world_model_context(folder, user_ids)
         return setup
 
@@ -74,7 +87,10 @@ class PolicySetup:
         return replace(persona, taste=taste) if taste and not persona.taste else persona
 
     def agent(self, persona: Persona, **kwargs: Any) -> PersonaAgent:
+        """The persona's agent under this policy (`kwargs` go to PersonaAgent: seed, or a history_size other than
+        the policy's)."""
         uid = persona.user_id
+        kwargs.setdefault("history_size", self.config.history_size)
         return PersonaAgent(
             self.persona(persona),
             lessons=self.lessons.get(uid, NoLessons()) if self.config.use_lessons else NoLessons(),
@@ -83,7 +99,3 @@ class PolicySetup:
             world_model_k=self.config.world_model_k,
             **kwargs,
         )
-
-
-def learning_folder_exists(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.iterdir())

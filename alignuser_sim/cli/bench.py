@@ -1,7 +1,7 @@
 """`alignuser-sim bench ...`: the scale benchmarks (docs/scale.md).
 
 - `bench scale`: the scaling curve (100 .. 10,000+ agents) of the real Ray simulation against the fake fast
-  server (`alignuser_sim.bench.throughput.FakeServer`, a stand-in for a GPU vLLM server): decisions/s, LLM calls/s,
+  server (`alignuser_sim.bench.fake_server.FakeServer`, a stand-in for a GPU vLLM server): decisions/s, LLM calls/s,
   output tokens/s, call latency p50/p99, CPU and memory per agent; JSON, Markdown and a PNG plot.
 - `bench live`: against a live vLLM server (the embedded one by default: wrap it in
   `flock /tmp/alignuser-sim-vllm.lock` on a shared machine): the simulation's output tokens/s as a ratio of
@@ -10,7 +10,8 @@
 - `bench naive`: the simulation against the naive loop on the fake server, at a scale the CPU model cannot
   reach.
 
-Heavy imports (Ray, vLLM, matplotlib) happen inside the commands; Ray only through `actors.bench`.
+Heavy imports (Ray, vLLM, matplotlib) happen inside the commands; Ray only through `actors/` (`actors.bench`,
+`actors.launch.init_ray`).
 """
 
 from __future__ import annotations
@@ -21,12 +22,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from alignuser_sim.errors import UserError
+
+if TYPE_CHECKING:
+    from alignuser_sim.simulation.runs import RunPlan
 
 app = typer.Typer(help="Scale benchmarks: scaling curve, live vLLM ratio, naive loop.", no_args_is_help=True,
                   add_completion=False)
@@ -64,12 +68,6 @@ def _command() -> str:
     return "alignuser-sim " + " ".join(sys.argv[1:])
 
 
-def _init_ray(num_cpus: int | None) -> None:
-    from actors.launch import _init_ray as init
-
-    init(None, num_cpus)
-
-
 # --- bench scale --------------------------------------------------------------------------------------------
 
 
@@ -86,17 +84,12 @@ def scale(
 ) -> None:
     """The scaling curve of the Ray simulation against the fake fast LLM server."""
     from actors.bench import scale_scenario, simulate
-    from alignuser_sim.bench.throughput import (
-        SOURCE_NOTE,
-        FakeServer,
-        machine,
-        markdown_table,
-        plot_scaling,
-        write_results,
-    )
+    from actors.launch import init_ray
+    from alignuser_sim.bench.fake_server import FakeServer
+    from alignuser_sim.bench.results import SOURCE_NOTE, machine, markdown_table, plot_scaling, write_results
 
     sizes = _ints(agents, "--agents")
-    _init_ray(num_cpus)
+    init_ray(None, num_cpus)
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as work:
         for i, n in enumerate(sizes):
@@ -104,7 +97,7 @@ def scale(
             with FakeServer(latency_s=latency, jitter=jitter) as server:
                 scenario = scale_scenario(n, pages, server.base_url, Path(work), concurrency=concurrency,
                                           dataset=dataset, model="fake")
-                _, row = simulate(scenario, Path(work) / f"run-{i}-{n}", server_pid=server.pid, console=err)
+                _, row = simulate(scenario, Path(work) / f"run-{i}-{n}", server_pid=server.pid)
                 row["server_requests"] = server.stats()["requests"]
             row["server_cpu_s"] = row["cpu_by_process"].get("llm_server")
             row["source"] = "fake"
@@ -175,10 +168,10 @@ def _warm_up(endpoint: str, model: str, n: int) -> None:
     asyncio.run(go())
 
 
-def _naive(plan: Any, endpoint: str, model: str, pool: int) -> dict[str, Any]:
+def _naive(plan: RunPlan, endpoint: str, model: str, pool: int) -> dict[str, Any]:
     from rich.progress import Progress
 
-    from alignuser_sim.bench.throughput import naive_loop, rates
+    from alignuser_sim.bench.naive import naive_loop, rates
     from alignuser_sim.core import Catalogue
     from alignuser_sim.recommenders import make_recommender
 
@@ -214,15 +207,11 @@ def live(
 ) -> None:
     """The simulation against vLLM's own serving benchmark and the naive loop, on one live server."""
     from actors.bench import scale_scenario, simulate
-    from alignuser_sim.bench.throughput import (
-        SOURCE_NOTE,
-        machine,
-        markdown_table,
-        vllm_serving_benchmark,
-        write_results,
-    )
+    from actors.launch import init_ray
+    from alignuser_sim.bench.results import SOURCE_NOTE, machine, markdown_table, write_results
+    from alignuser_sim.bench.vllm_bench import vllm_serving_benchmark
 
-    _init_ray(None)
+    init_ray(None, None)
     work = Path(tempfile.mkdtemp(prefix="bench-live-"))
     with _server(endpoint, work) as (url, model_dir):
         tokenizer = tokenizer or model_dir
@@ -237,7 +226,7 @@ def live(
             _warm_up(url, model, warmup)
         scenario = scale_scenario(agents, pages, url, work, concurrency=concurrency, dataset="ml-100k", model=model)
         err.print(f"[bold]simulation[/bold]: {agents} agents, {concurrency} calls in flight at most")
-        plan, sim = simulate(scenario, work / "sim", n_shards=1, console=err)
+        plan, sim = simulate(scenario, work / "sim", n_shards=1)
         sim["mode"] = "simulation (Ray, pipelined)"
         rows, result = [sim], {"simulation": sim}
         requests = max(1, sim["llm_requests"])
@@ -301,15 +290,17 @@ def naive(
 ) -> None:
     """The simulation against the naive loop on the fake fast server (same population, same server)."""
     from actors.bench import scale_scenario, simulate
-    from alignuser_sim.bench.throughput import SOURCE_NOTE, FakeServer, machine, markdown_table, write_results
+    from actors.launch import init_ray
+    from alignuser_sim.bench.fake_server import FakeServer
+    from alignuser_sim.bench.results import SOURCE_NOTE, machine, markdown_table, write_results
 
-    _init_ray(None)
+    init_ray(None, None)
     work = Path(tempfile.mkdtemp(prefix="bench-naive-"))
     with FakeServer(latency_s=latency, jitter=jitter) as server:
         scenario = scale_scenario(agents, pages, server.base_url, work, concurrency=concurrency, dataset=dataset,
                                   model="fake")
         err.print(f"[bold]simulation[/bold]: {agents:,} agents")
-        plan, sim = simulate(scenario, work / "sim", server_pid=server.pid, console=err)
+        plan, sim = simulate(scenario, work / "sim", server_pid=server.pid)
         sim["mode"] = "simulation (Ray, pipelined)"
     with FakeServer(latency_s=latency, jitter=jitter) as server:  # a fresh server: same seed, same latencies
         err.print(f"[bold]naive loop[/bold]: {naive_pool} threads")

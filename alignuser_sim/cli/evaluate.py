@@ -1,4 +1,5 @@
-"""`alignuser-sim eval | compare | report`: the evaluation commands.
+"""`alignuser-sim eval | compare | report`: the evaluation commands, over `alignuser_sim.evaluate`, `compare`
+and `report`.
 
 Kept light to import (the CLI's --help must stay fast): the evaluation modules, matplotlib and Ray are
 imported inside the commands. All three are resumable: a re-run does only what its folder lacks.
@@ -6,21 +7,17 @@ imported inside the commands. All three are resumable: a re-run does only what i
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from alignuser_sim.cli.common import progress_bar
+from alignuser_sim.cli.common import Bar, err, exit_on_interrupt, reporter
+from alignuser_sim.cli.common import out_wide as out
+from alignuser_sim.cli.run import ADDRESS_OPT, NUM_CPUS_OPT, ray_runner, run_bar
 from alignuser_sim.config import load_scenario
 from alignuser_sim.errors import UserError
-
-out = Console(width=None if sys.stdout.isatty() else 160)  # a piped table keeps its intervals on one line
-err = Console(stderr=True)
 
 
 def _ints(text: str, option: str, low: int, high: int) -> list[int]:
@@ -36,12 +33,6 @@ def _ints(text: str, option: str, low: int, high: int) -> list[int]:
 
 def _names(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _check_endpoints(endpoints: list[str]) -> None:
-    from actors.launch import check_endpoints  # no Ray import at module level there
-
-    check_endpoints(endpoints)
 
 
 # --- eval ----------------------------------------------------------------------------------------------------
@@ -61,69 +52,17 @@ def eval_cmd(
 ) -> None:
     """Micro evaluation: held-out positives mixed with never-seen negatives at each ratio; accuracy, precision,
     recall, F1, rating RMSE/MAE with 95% bootstrap intervals. Resumable: re-run to finish."""
-    from alignuser_sim.evaluation.micro import open_stores, pending_tasks, plan_eval, summarize, write_summary
+    from alignuser_sim.api import evaluate
 
     scenario = load_scenario(scenario_file)
-    if ratios is not None:
-        scenario.eval.ratios = _ints(ratios, "--ratios", 1, 9)
-    if users is not None:
-        scenario.eval.users = users
-    if bootstrap is not None:
-        scenario.eval.bootstrap = bootstrap
     folder = out_dir or scenario.run_dir() / "eval"
-    with err.status(f"planning the evaluation of {scenario.dataset.name}"):
-        plan = plan_eval(scenario, folder, _names(policies) if policies else None, ratings)
-    decisions, rating_store = open_stores(folder)
-    tasks = pending_tasks(plan, decisions.keys, rating_store.keys)
-    err.print(f"eval folder {folder}: {len(plan.cases)} users ({plan.skipped_users} without held-out items "
-              f"skipped), policies {', '.join(plan.policies)}, ratios {', '.join(f'1:{r}' for r in plan.ratios)}; "
-              f"{len(tasks)} LLM calls to make")
-    if tasks:
-        _run_tasks(plan, tasks, (decisions, rating_store), folder)
-    decisions.finalize()
-    rating_store.finalize()
-    summary = summarize(folder)
-    path = write_summary(folder, summary)
-    print_eval(summary)
-    out.print(f"written: {path} (report: alignuser-sim report {folder})")
-
-
-def _run_tasks(plan: Any, tasks: list, stores: tuple, folder: Path) -> None:
-    from alignuser_sim.evaluation.micro import run_eval
-    from alignuser_sim.llm.client import LLMClient
-    from alignuser_sim.llm.launcher import embedded_endpoints
-
-    scenario = plan.scenario
-    if not scenario.llm.endpoints:
-        err.print("starting the embedded vLLM server ...")
-    with embedded_endpoints(scenario.llm, log_path=folder / "vllm.log") as endpoints:
-        _check_endpoints(endpoints)
-        llm = LLMClient.from_config(scenario.llm, endpoints=endpoints, run_dir=folder)
-        bar = progress_bar(err, "failures {task.fields[failures]}")
-        task = bar.add_task("eval calls", total=len(tasks), failures=0)
-        failures = 0
-
-        def done(_task: Any, failure: str | None) -> None:
-            nonlocal failures
-            failures += failure is not None
-            bar.update(task, advance=1, failures=failures)
-
-        try:
-            with bar:
-                asyncio.run(_run_and_close(run_eval(plan, llm, tasks, stores, done), llm))
-        except KeyboardInterrupt:
-            print(f"interrupted: what is decided is kept; re-run the same command to finish ({folder})",
-                  file=sys.stderr)
-            raise typer.Exit(130) from None
-        finally:
-            llm.close()
-
-
-async def _run_and_close(work: Any, llm: Any) -> None:
-    try:
-        await work
-    finally:
-        await llm.aclose()
+    ratio_list = _ints(ratios, "--ratios", 1, 9) if ratios is not None else None
+    interrupted = f"interrupted: what is decided is kept; re-run the same command to finish ({folder})"
+    with exit_on_interrupt(interrupted), Bar("eval calls", "failures {task.fields[failures]}", failures=0) as bar:
+        result = evaluate(scenario, policies=_names(policies) if policies else None, ratios=ratio_list, users=users,
+                          bootstrap=bootstrap, ratings=ratings, out=folder, reporter=reporter, on_progress=bar)
+    print_eval(result.summary)
+    out.print(f"written: {result.path} (report: alignuser-sim report {folder})")
 
 
 def print_eval(summary: dict[str, Any]) -> None:
@@ -165,62 +104,27 @@ def compare_cmd(
         None, "--recommenders", "-r", help="Comma-separated algorithms (default: eval.recommenders)"),
     out_dir: Path | None = typer.Option(None, "--out", help="Compare folder (default: OUTPUT_DIR/NAME/compare)"),
     bootstrap: int | None = typer.Option(None, "--bootstrap", min=0, help="Bootstrap draws (default: eval.bootstrap)"),
-    address: str | None = typer.Option(
-        None, "--address", envvar="RAY_ADDRESS", help="Join this Ray cluster ('auto' for the local one's head)"),
-    num_cpus: int | None = typer.Option(None, help="CPUs of the local Ray cluster started when no --address"),
+    address: str | None = ADDRESS_OPT,
+    num_cpus: int | None = NUM_CPUS_OPT,
 ) -> None:
     """Simulate the population against several recommenders; rank them by simulated outcomes and by offline
     Recall@K / NDCG@K; Kendall tau with bootstrap intervals. Resumable: re-run to finish."""
-    from alignuser_sim.evaluation.ranking import (
-        offline_per_user,
-        run_status,
-        summarize_compare,
-        write_compare,
-        write_plan,
-    )
-    from alignuser_sim.recommenders.offline import check_algorithms
+    from alignuser_sim.api import compare
 
     scenario = load_scenario(scenario_file)
-    names = check_algorithms(_names(recommenders)) if recommenders else list(scenario.eval.recommenders)
-    if len(names) < 2:
-        raise UserError("--recommenders: name at least two recommenders to rank")
-    if bootstrap is not None:
-        scenario.eval.bootstrap = bootstrap
     folder = out_dir or scenario.run_dir() / "compare"
-    write_plan(folder, scenario, names)
-    with err.status("offline Recall/NDCG") as status:
-        offline_per_user(scenario, names, folder, on_fit=lambda n: status.update(f"offline Recall/NDCG: fitting {n}"))
-    if any(run_status(folder / n) != "complete" for n in names):
-        _simulate_all(scenario, names, folder, address, num_cpus)
-    summary = summarize_compare(folder)
-    path = write_compare(folder, summary)
-    print_compare(summary)
-    out.print(f"written: {path} (report: alignuser-sim report {folder})")
+    bar = run_bar()
 
+    def announce(name: str, status: str) -> None:
+        bar.close()  # each run draws its own bar
+        err.print(f"[bold]{name}[/bold]: {'resuming' if status == 'running' else 'simulating'}")
 
-def _simulate_all(scenario: Any, names: list[str], folder: Path, address: str | None, num_cpus: int | None) -> None:
-    from actors.launch import run_on_ray  # Ray lives in actors/, never in the library
-    from alignuser_sim.evaluation.ranking import simulate_all
-    from alignuser_sim.llm.launcher import embedded_endpoints
-
-    def simulate(sub: Any, run_dir: Path) -> None:
-        if sub is None:
-            run_on_ray(resume=run_dir, address=address, num_cpus=num_cpus, console=err)
-        else:
-            run_on_ray(sub, out=run_dir, address=address, num_cpus=num_cpus, console=err)
-
-    if not scenario.llm.endpoints:
-        err.print("starting the embedded vLLM server (shared by every simulation) ...")
-    try:
-        with embedded_endpoints(scenario.llm, log_path=folder / "vllm.log") as endpoints:
-            simulate_all(scenario, names, folder, simulate, endpoints, on_start=_announce)
-    except KeyboardInterrupt:
-        print(f"interrupted: re-run the same command to finish ({folder})", file=sys.stderr)
-        raise typer.Exit(130) from None
-
-
-def _announce(name: str, status: str) -> None:
-    err.print(f"[bold]{name}[/bold]: {'resuming' if status == 'running' else 'simulating'}")
+    with exit_on_interrupt(f"interrupted: re-run the same command to finish ({folder})"), bar:
+        result = compare(scenario, recommenders=_names(recommenders) if recommenders else None, bootstrap=bootstrap,
+                         out=folder, runner=ray_runner(address, num_cpus), reporter=reporter, on_progress=bar,
+                         on_run=announce)
+    print_compare(result.summary)
+    out.print(f"written: {result.path} (report: alignuser-sim report {folder})")
 
 
 def print_compare(summary: dict[str, Any]) -> None:
@@ -254,11 +158,9 @@ def report_cmd(
 ) -> None:
     """Write report.md and report.html (tables, PNG plots) computed from a run's files: macro (simulated vs
     human distributions), micro (eval results) and recommender ranking (compare results) when present."""
-    from alignuser_sim.evaluation.report import build_report, find_inputs
+    from alignuser_sim.api import report
 
-    inputs = find_inputs(run_dir, eval_dir, compare_dir)
-    target = out_dir or run_dir
-    with err.status("computing and plotting"):
-        data = build_report(inputs, target)
-    out.print(f"sections: {', '.join(data)}; written: {target / 'report.md'}, {target / 'report.html'}, "
+    result = report(run_dir, eval_dir=eval_dir, compare_dir=compare_dir, out=out_dir, reporter=reporter)
+    target = result.folder
+    out.print(f"sections: {', '.join(result.sections)}; written: {target / 'report.md'}, {target / 'report.html'}, "
               f"{target / 'plots'}/")

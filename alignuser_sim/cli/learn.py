@@ -13,24 +13,17 @@ Heavy modules are imported inside the commands, so `alignuser-sim --help` stays 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 import typer
-from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
-from alignuser_sim.cli.common import progress_bar
+from alignuser_sim.cli.common import Bar, err, exit_on_interrupt, llm_client, out, reporter
 from alignuser_sim.errors import UserError
-
-out = Console()
-err = Console(stderr=True)
 
 
 class _DefaultRun(TyperGroup):
@@ -58,59 +51,32 @@ FOLDER_OPT = typer.Option(None, "--folder", help="Learning folder (default: the 
 def _scenario(path: Path, folder: Path | None, llm: bool = True):
     """The scenario; its named endpoints are checked first (before minutes of data preparation)."""
     from alignuser_sim.config import load_scenario
+    from alignuser_sim.llm.endpoints import check_endpoints
 
     scenario = load_scenario(path)
     if folder is not None:
         scenario.learning.folder = folder
     if llm and scenario.llm.endpoints:
-        _check_endpoints(scenario.llm.endpoints)
+        check_endpoints(scenario.llm.endpoints)
     return scenario
 
 
-def _check_endpoints(endpoints: list[str]) -> None:
-    import httpx
-
-    for url in endpoints:
-        try:
-            httpx.get(url.rstrip("/") + "/models", timeout=10)
-        except httpx.HTTPError as exc:
-            raise UserError(f"llm.endpoints: {url}: not reachable ({type(exc).__name__})") from None
+def _bar(label: str) -> Bar:
+    return Bar(label, "LLM calls {task.fields[calls]:,} ({task.fields[failed]:,} failed)", calls=0, failed=0)
 
 
-@contextlib.contextmanager
-def _llm(scenario: Any, folder: Path) -> Iterator[Any]:
-    """The scenario's LLM client; the embedded vLLM server runs for the block when no endpoint is named."""
-    from alignuser_sim.llm.client import LLMClient
-    from alignuser_sim.llm.launcher import LauncherError, embedded_endpoints
+def _calls(bar: Bar) -> Any:
+    """The learner reports the LLM accounting; the bar shows its calls and failures."""
 
-    folder.mkdir(parents=True, exist_ok=True)
-    if not scenario.llm.endpoints:
-        err.print(f"starting the embedded vLLM server (about 40 s on 2 CPU cores); log {folder / 'vllm.log'}")
-    try:
-        with embedded_endpoints(scenario.llm, log_path=folder / "vllm.log") as endpoints:
-            client = LLMClient.from_config(scenario.llm, endpoints=endpoints, run_dir=folder)
-            try:
-                yield client
-            finally:
-                client.close()
-    except LauncherError as exc:
-        err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(1) from None
+    def on_progress(done: int, total: int | None, llm: dict[str, Any]) -> None:
+        shown = {"calls": llm.get("calls", 0), "failed": llm.get("failed", 0)}
+        bar(done, total, {**shown, "personas": llm["personas"]} if "personas" in llm else shown)
+
+    return on_progress
 
 
-def _run_with_bar(label: str, make_coro: Any, folder: Path) -> dict[str, Any]:
-    with progress_bar(err, "LLM calls {task.fields[calls]:,} ({task.fields[failed]:,} failed)") as bar:
-        task = bar.add_task(label, total=None, calls=0, failed=0)
-
-        def on_progress(done: int, total: int, llm: dict[str, Any]) -> None:
-            bar.update(task, completed=done, total=total, calls=llm.get("calls", 0), failed=llm.get("failed", 0))
-
-        try:
-            return asyncio.run(make_coro(on_progress))
-        except KeyboardInterrupt:
-            print(f"interrupted: {folder} keeps what was done; run the same command again to go on",
-                  file=sys.stderr)
-            raise typer.Exit(130) from None
+def _interrupted(folder: Path) -> str:
+    return f"interrupted: {folder} keeps what was done; run the same command again to go on"
 
 
 def _fmt(value: Any) -> str:
@@ -156,15 +122,12 @@ def run(
     folder: Path | None = FOLDER_OPT,
 ) -> None:
     """Learn the population's lessons: taste, counterfactuals, world model, reflection (resumable)."""
-    from alignuser_sim.learning.learner import prepare, run_learning
+    from alignuser_sim.api import learn
 
-    scenario = _scenario(scenario_file, folder)
-    with err.status("loading data, replaying the training split, fitting the recommender"):
-        inputs = prepare(scenario, users)
+    scenario = _scenario(scenario_file, folder, llm=False)  # learn() checks the named endpoints first
     where = scenario.learning_dir()
-    with _llm(scenario, where) as llm:
-        summary = _run_with_bar(f"learning {len(inputs.users):,} personas",
-                                lambda cb: run_learning(inputs, llm, where, on_progress=cb), where)
+    with exit_on_interrupt(_interrupted(where)), _bar("learning {personas:,} personas") as bar:
+        summary = learn(scenario, users=users, reporter=reporter, on_progress=_calls(bar)).summary
     out.print(_summary_table(summary))
     out.print(_scores_table("world model (with examples), next-state accuracy", {
         "human actions": summary["worldmodel_human"], "counterfactual actions": summary["worldmodel_alternatives"]}))
@@ -180,7 +143,8 @@ def worldmodel(
     folder: Path | None = FOLDER_OPT,
 ) -> None:
     """Next-state accuracy of the world model on the human transitions, without and with examples."""
-    from alignuser_sim.learning.learner import prepare, run_world_model_eval
+    from alignuser_sim.learning.inputs import prepare
+    from alignuser_sim.learning.learner import run_world_model_eval
 
     scenario = _scenario(scenario_file, folder)
     n = examples if examples is not None else scenario.learning.world_model_examples
@@ -189,9 +153,8 @@ def worldmodel(
     with err.status("loading data, replaying the training split, fitting the recommender"):
         inputs = prepare(scenario, users)
     where = scenario.learning_dir()
-    with _llm(scenario, where) as llm:
-        summary = _run_with_bar("world model", lambda cb: run_world_model_eval(inputs, llm, n, where, on_progress=cb),
-                                where)
+    with exit_on_interrupt(_interrupted(where)), llm_client(scenario.llm, where) as llm, _bar("world model") as bar:
+        summary = asyncio.run(run_world_model_eval(inputs, llm, n, where, on_progress=_calls(bar)))
     scores = summary["scores"]
     out.print(_scores_table(f"world model: next-state accuracy ({summary['personas']} personas)", {
         "without examples": scores[0], f"with up to {n} examples": scores[n]}))

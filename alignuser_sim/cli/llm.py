@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
-from rich.console import Console
 
+from alignuser_sim.cli.common import err_plain as err
 from alignuser_sim.errors import UserError
 
 app = typer.Typer(
@@ -26,7 +26,6 @@ app = typer.Typer(
     add_completion=False,
 )
 
-err = Console(stderr=True, highlight=False, log_path=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
 

@@ -5,16 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from alignuser_sim.cli.common import err, out
 from alignuser_sim.config import load_scenario
 from alignuser_sim.errors import UserError
 from alignuser_sim.recommenders import ALGORITHMS
 
 app = typer.Typer(help="Recommenders: offline evaluation (Recall@K, NDCG@K).", no_args_is_help=True)
-out = Console()
-err = Console(stderr=True)
 
 
 @app.callback()
@@ -45,7 +43,7 @@ def offline(
     The scenario's own recommender params apply to its algorithm; the others use their defaults.
     """
     from alignuser_sim.data import load_dataset
-    from alignuser_sim.recommenders.offline import check_algorithms, evaluate_offline, split_dataset
+    from alignuser_sim.evaluation.offline import check_algorithms, evaluate_offline, split_dataset
 
     names = check_algorithms(recommenders.split(","))
     k_values = _k_values(k)

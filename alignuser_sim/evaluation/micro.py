@@ -1,153 +1,48 @@
 """Micro evaluation (`alignuser-sim eval`): does the agent pick, and rate, what its human did?
 
-Protocol (Agent4Rec's user-taste alignment, as SimUSER and AlignUSER also report it; docs/evaluation.md):
-for each evaluated user, positives are up to `eval.positives_per_user` items the human interacted with in
-the held-out split (`data/holdout.split_dataset`: learning never saw them), negatives are items the human
-never interacted with at all, `ratio` negatives per positive (1:1, 1:2, 1:3, 1:9). The items are shuffled
-and cut into pages of at most `eval.items_per_page` (near-equal sizes); the agent decides each page with ONE
-structured call (`PersonaAgent.decide`, the simulation's own call) and "watched" is its prediction of "the
-human interacted with it". Separately, the agent rates up to `eval.positives_per_user` held-out items that
-carry a real rating, all in one call per user, for RMSE / MAE.
+Each held-out user's pages (`evaluation/cases.py`) are decided with ONE structured call each
+(`PersonaAgent.decide`, the simulation's own call); "watched" is the agent's prediction of "the human
+interacted with it". Separately, the agent rates the user's rated held-out items, all in one call per user,
+for RMSE / MAE. Agents keep no history between pages (each page is judged on its own), so the order pages
+are decided in changes nothing and a re-run asks the completion cache the same questions. The numbers are
+`evaluation/summary.py`'s.
 
-Determinism: each user's draws come from generators seeded by (scenario seed, crc32(user id), purpose), so
-a user's pages never depend on the other users or on which ratios are evaluated: negatives are one
-fixed draw of 9 x positives_per_user items and ratio r uses its first r x positives, so the 1:1 negatives
-are a subset of the 1:3 ones. Agents keep no history between pages (each page is judged on its own), so
-the order pages are decided in changes nothing and a re-run asks the completion cache the same questions.
-
-Resumable: every decision is written as it comes (Parquet parts, see `PartStore`), keyed by
+Resumable: every decision is written as it comes (keyed part tables, `store.PartTable`), keyed by
 (policy, ratio, user, page) and (policy, user) for ratings; a re-run decides only what is missing. A failed
 call is stored with its failure: its items count as failures, are left out of the metrics and reported.
+An eval folder is claimed by a fingerprint of the setup its decisions depend on (`plan.json`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 from alignuser_sim import store
 from alignuser_sim.agent.persona_agent import PersonaAgent
 from alignuser_sim.agent.policy import PolicySetup
-from alignuser_sim.config import PolicyConfig, Scenario, dump_scenario
-from alignuser_sim.core import (
-    PURPOSE_EVAL_NEGATIVES,
-    PURPOSE_EVAL_PAGES,
-    PURPOSE_EVAL_POSITIVES,
-    PURPOSE_EVAL_RATINGS,
-    Catalogue,
-    call_seed,
-    user_rng,
-)
+from alignuser_sim.config import EvalConfig, Scenario, dump_scenario
+from alignuser_sim.core import Catalogue, call_seed
 from alignuser_sim.data import Dataset, load_dataset
 from alignuser_sim.data.holdout import split_dataset
-from alignuser_sim.data.personas import build_personas
+from alignuser_sim.data.personas import Persona, build_personas
 from alignuser_sim.data.population import select_population
 from alignuser_sim.errors import UserError
+from alignuser_sim.evaluation.cases import UserCase, build_cases, policy_variant
 from alignuser_sim.llm.prompts import build_messages
+from alignuser_sim.llm.protocol import StructuredLLM
 from alignuser_sim.llm.schemas import json_schema_for
-from alignuser_sim.metrics.bootstrap import bootstrap_many
-from alignuser_sim.metrics.micro import CLASSIFIERS, classification_estimates, confusion, rating_estimates, rating_sums
-from alignuser_sim.simulation.events import CALL_FIELDS, merge_parts, part_files
+from alignuser_sim.store import CALL_FIELDS, EvalFolder, PartTable
 
-MAX_RATIO = 9  # the largest ratio the config allows: negatives are always drawn for it
 PLAN_VERSION = 1
-
-# --- policies --------------------------------------------------------------------------------------------
-
-POLICY_NAMES = {
-    "prompt-only": {"kind": "prompt-only", "lessons": None, "world_model": None},
-    "alignuser": {"kind": "alignuser", "lessons": None, "world_model": None},
-    "+lessons": {"kind": "alignuser", "lessons": True, "world_model": False},
-    "+world-model": {"kind": "alignuser", "lessons": False, "world_model": True},
-}
-POLICY_ALIASES = {"lessons": "+lessons", "world-model": "+world-model", "+world model": "+world-model",
-                  "prompt_only": "prompt-only"}
-
-
-def policy_variant(scenario: Scenario, name: str) -> Scenario:
-    """The scenario with its policy replaced by the named one (retrieval sizes kept)."""
-    key = POLICY_ALIASES.get(name.strip().lower(), name.strip().lower())
-    if key not in POLICY_NAMES:
-        raise UserError(f"--policies: unknown policy '{name}' (choose from {', '.join(POLICY_NAMES)})")
-    variant = scenario.model_copy(deep=True)
-    variant.policy = PolicyConfig(**POLICY_NAMES[key], lessons_k=scenario.policy.lessons_k,
-                                  world_model_k=scenario.policy.world_model_k)
-    return variant
-
-
-# --- the cases: who is asked about what -------------------------------------------------------------------
-
-
-@dataclass
-class UserCase:
-    user_id: str
-    positives: list[str]
-    negatives: list[str]  # MAX_RATIO x positives_per_user at most, in draw order
-    rated: list[tuple[str, float]]  # held-out items with the human's rating
-
-    def page_items(self, ratio: int, items_per_page: int, seed: int) -> list[tuple[list[str], list[bool]]]:
-        """The pages of one ratio: (item ids, is positive) each, shuffled, near-equal sizes."""
-        items = self.positives + self.negatives[: ratio * len(self.positives)]
-        labels = [True] * len(self.positives) + [False] * (len(items) - len(self.positives))
-        order = user_rng(seed, self.user_id, PURPOSE_EVAL_PAGES + ratio).permutation(len(items))
-        n_pages = max(1, -(-len(items) // items_per_page))
-        return [([items[i] for i in chunk], [labels[i] for i in chunk])
-                for chunk in np.array_split(order, n_pages) if len(chunk)]
-
-
-def build_cases(ds: Dataset, heldout: pa.Table, users: Sequence[str], positives_per_user: int,
-                seed: int) -> tuple[list[UserCase], int]:
-    """One case per user with at least one held-out interaction; returns (cases, users skipped)."""
-    wanted = pa.array(list(users), pa.string())
-    held = heldout.filter(pc.is_in(heldout["user_id"], value_set=wanted))
-    held_items: dict[str, list[str]] = {}
-    held_rated: dict[str, dict[str, float]] = {}
-    for uid, item, rating in zip(held["user_id"].to_pylist(), held["item_id"].to_pylist(),
-                                 held["rating"].to_pylist(), strict=True):
-        held_items.setdefault(uid, [])
-        if item not in held_items[uid]:
-            held_items[uid].append(item)
-        if rating is not None:
-            held_rated.setdefault(uid, {})[item] = float(rating)  # the last rating of an item counts
-    everything = ds.interactions.filter(pc.is_in(ds.interactions["user_id"], value_set=wanted))
-    seen: dict[str, set[str]] = {}
-    for uid, item in zip(everything["user_id"].to_pylist(), everything["item_id"].to_pylist(), strict=True):
-        seen.setdefault(uid, set()).add(item)
-    catalogue = ds.items["item_id"].to_pylist()
-    code = {item: i for i, item in enumerate(catalogue)}
-    cases, skipped = [], 0
-    for uid in users:
-        items = held_items.get(uid)
-        if not items:
-            skipped += 1
-            continue
-        pos_rng, neg_rng, rate_rng = (user_rng(seed, uid, p) for p in (
-            PURPOSE_EVAL_POSITIVES, PURPOSE_EVAL_NEGATIVES, PURPOSE_EVAL_RATINGS))
-        picked = pos_rng.choice(len(items), size=min(positives_per_user, len(items)), replace=False)
-        positives = [items[i] for i in sorted(picked)]
-        unseen = np.ones(len(catalogue), dtype=bool)
-        unseen[[code[i] for i in seen.get(uid, ()) if i in code]] = False
-        pool = np.flatnonzero(unseen)
-        n_neg = min(MAX_RATIO * positives_per_user, len(pool))
-        negatives = [catalogue[c] for c in pool[neg_rng.choice(len(pool), size=n_neg, replace=False)]]
-        rated_items = sorted(held_rated.get(uid, {}).items())
-        take = rate_rng.choice(len(rated_items), size=min(positives_per_user, len(rated_items)), replace=False)
-        rated = [rated_items[i] for i in sorted(take)]
-        cases.append(UserCase(uid, positives, negatives, rated))
-    return cases, skipped
-
 
 # --- storage ---------------------------------------------------------------------------------------------
 
@@ -173,57 +68,13 @@ RATINGS = pa.schema([
 RATING_KEY = ("policy", "user_id")
 
 
-class PartStore:
-    """Rows written as they come: buffered, one Parquet part per flush (written whole, then renamed), merged
-    into `<name>.parquet` by `finalize`. Reading merges the file and the parts, first row per key wins."""
-
-    def __init__(self, folder: Path, name: str, schema: pa.Schema, key: Sequence[str], flush_s: float = 1.0):
-        self.folder, self.name, self.schema, self.key, self.flush_s = Path(folder), name, schema, tuple(key), flush_s
-        self.parts = self.folder / name
-        self.parts.mkdir(parents=True, exist_ok=True)
-        self.writer = uuid.uuid4().hex[:8]
-        self._n = 0
-        self._buffer: list[dict[str, Any]] = []
-        self._last = time.monotonic()
-        self.keys = {self.row_key(r) for r in self.read().select(list(self.key)).to_pylist()}
-
-    def row_key(self, row: dict[str, Any]) -> tuple:
-        return tuple(row[k] for k in self.key)
-
-    def read(self) -> pa.Table:
-        return read_store(self.folder, self.name, self.schema, self.key)
-
-    def add(self, row: dict[str, Any]) -> None:
-        key = self.row_key(row)
-        if key in self.keys:
-            return
-        self.keys.add(key)
-        self._buffer.append(row)
-        if time.monotonic() - self._last >= self.flush_s:
-            self.flush()
-
-    def flush(self) -> None:
-        self._last = time.monotonic()
-        if not self._buffer:
-            return
-        self._n += 1
-        path = self.parts / f"part-{self.writer}-{self._n:06d}.parquet"
-        store.write_parquet(pa.Table.from_pylist(self._buffer, schema=self.schema), path)
-        self._buffer = []
-
-    def finalize(self) -> pa.Table:
-        self.flush()
-        table = self.read()
-        store.write_parquet(table, self.folder / f"{self.name}.parquet")
-        for part in self.parts.glob("part-*.parquet"):
-            part.unlink()
-        return table
-
-
-def read_store(folder: Path, name: str, schema: pa.Schema, key: Sequence[str]) -> pa.Table:
-    folder = Path(folder)
-    files = [folder / f"{name}.parquet"] if (folder / f"{name}.parquet").exists() else []
-    return merge_parts(files + part_files(folder / name), schema, key)
+def open_stores(folder: Path, flush_s: float = EvalConfig().flush_s) -> tuple[PartTable, PartTable]:
+    """The decisions and ratings of an eval folder, with what is already stored counted as done."""
+    tables = (PartTable(folder, EvalFolder.DECISIONS, DECISIONS, DECISION_KEY, flush_s=flush_s),
+              PartTable(folder, EvalFolder.RATINGS, RATINGS, RATING_KEY, flush_s=flush_s))
+    for table in tables:
+        table.load()
+    return tables
 
 
 # --- the plan ----------------------------------------------------------------------------------------------
@@ -243,7 +94,7 @@ def fingerprint(scenario: Scenario) -> dict[str, Any]:
 
 
 def learning_digest(scenario: Scenario) -> str:
-    """Names, sizes and times of the learning folder's files ("none" without one): decisions stored under a
+    """A digest of the learning folder's Parquet files ("none" without one): decisions stored under a
     policy were made with this learning (prompt-only too: it takes the LLM-written taste text from there),
     and must not be mixed with another's."""
     folder = scenario.learning_dir()
@@ -266,7 +117,7 @@ class EvalPlan:
     policies: dict[str, PolicySetup]  # label -> setup
     ratios: list[int]
     ratings: bool = True
-    personas: dict[str, Any] = field(default_factory=dict)
+    personas: dict[str, Persona] = field(default_factory=dict)
 
     @property
     def items_per_page(self) -> int:
@@ -304,26 +155,19 @@ def plan_eval(scenario: Scenario, folder: Path, policies: Sequence[str] | None =
 def claim_folder(folder: Path, scenario: Scenario, users: list[str], learning: dict[str, str]) -> None:
     """Check that the folder holds nothing from another setup; record this run's users (the ones `summarize`
     reports), bootstrap draws and the learning each policy used."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "plan.json"
-    mine = fingerprint(scenario)
-    old = json.loads(path.read_text()) if path.exists() else {}
-    theirs = old.get("fingerprint", mine)
-    if theirs != mine:
-        changed = sorted(k for k in set(mine) | set(theirs) if theirs.get(k) != mine.get(k))
-        raise UserError(f"{folder}: holds an evaluation of another setup (differs in: {', '.join(changed)}); "
-                        f"use --out DIR or remove the folder")
+    layout = EvalFolder(folder)
+    old = store.claim(layout.plan, fingerprint(scenario), "an evaluation")
     recorded = dict(old.get("learning", {}))
     for label, digest in learning.items():
         if recorded.get(label, digest) != digest:
             raise UserError(f"{folder}: policy '{label}' was evaluated here with another learning folder "
                             f"(it changed since); use --out DIR for the new one")
         recorded[label] = digest
-    meta = {"fingerprint": mine, "bootstrap": scenario.eval.bootstrap, "seed": scenario.seed,
+    meta = {"fingerprint": fingerprint(scenario), "bootstrap": scenario.eval.bootstrap, "seed": scenario.seed,
             "scenario": scenario.name, "dataset": scenario.dataset.name, "updated": time.time(),
             "users": users, "learning": recorded}
-    store.write_json(path, meta)
-    (folder / "scenario.yaml").write_text(dump_scenario(scenario))
+    store.write_json(layout.plan, meta)
+    store.write_text(layout.scenario, dump_scenario(scenario))
 
 
 # --- asking the agents ------------------------------------------------------------------------------------
@@ -384,12 +228,7 @@ def pending_tasks(plan: EvalPlan, done_decisions: set[tuple], done_ratings: set[
     return tasks
 
 
-def open_stores(folder: Path) -> tuple[PartStore, PartStore]:
-    return (PartStore(folder, "decisions", DECISIONS, DECISION_KEY),
-            PartStore(folder, "ratings", RATINGS, RATING_KEY))
-
-
-async def run_eval(plan: EvalPlan, llm: Any, tasks: list[Task], stores: tuple[PartStore, PartStore],
+async def run_eval(plan: EvalPlan, llm: StructuredLLM, tasks: list[Task], stores: tuple[PartTable, PartTable],
                    on_done: Callable[[Task, str | None], None] | None = None) -> None:
     """Decide every task (concurrently: the client's semaphore bounds the calls in flight), storing each
     result as it comes; the stores are flushed whatever happens."""
@@ -434,132 +273,3 @@ async def run_eval(plan: EvalPlan, llm: Any, tasks: list[Task], stores: tuple[Pa
     finally:
         decisions.flush()
         ratings.flush()
-
-
-# --- the numbers -------------------------------------------------------------------------------------------
-
-
-def _ordered(values: Sequence[str], first: Sequence[str]) -> list[str]:
-    """Policies in a stable order: the named ones first (prompt-only before alignuser), then the rest."""
-    rank = {name: i for i, name in enumerate(first)}
-    return sorted(set(values), key=lambda v: (rank.get(v, len(rank)), v))
-
-
-def summarize(folder: Path, draws: int | None = None, seed: int | None = None) -> dict[str, Any]:
-    """The micro metrics of an eval folder, computed from its stored decisions (never from a cache of numbers).
-
-    Users: those of the folder's latest eval run (plan.json); every policy and ratio stored for them.
-    `deltas`: each policy minus the first (prompt-only when evaluated), paired over the same users.
-    Bootstrap draws and seed default to those the folder was evaluated with (plan.json): the same folder
-    always gives the same numbers."""
-    folder = Path(folder)
-    plan_path = folder / "plan.json"
-    if not plan_path.exists():
-        raise UserError(f"{folder}: not an eval folder (no plan.json); run `alignuser-sim eval SCENARIO` first")
-    meta = json.loads(plan_path.read_text())
-    draws = meta.get("bootstrap", 1000) if draws is None else draws
-    seed = meta.get("seed", 0) if seed is None else seed
-    users_now = set(meta.get("users") or [])
-    decisions = [r for r in read_store(folder, "decisions", DECISIONS, DECISION_KEY).to_pylist()
-                 if not users_now or r["user_id"] in users_now]
-    ratings = [r for r in read_store(folder, "ratings", RATINGS, RATING_KEY).to_pylist()
-               if not users_now or r["user_id"] in users_now]
-    order = ["prompt-only", "+lessons", "+world model", "alignuser"]
-    policies = _ordered([r["policy"] for r in decisions] + [r["policy"] for r in ratings], order)
-    micro = []
-    for policy in policies:
-        rows = [r for r in decisions if r["policy"] == policy]
-        for ratio in sorted({r["ratio"] for r in rows}):
-            micro.append(_micro_row(policy, ratio, [r for r in rows if r["ratio"] == ratio], draws, seed))
-    deltas = []
-    for policy in policies[1:]:
-        for ratio in sorted({r["ratio"] for r in decisions if r["policy"] == policy}):
-            deltas.append(_delta_row(policies[0], policy, ratio, decisions, draws, seed))
-    rating_rows = [_rating_row(p, [r for r in ratings if r["policy"] == p], draws, seed) for p in policies
-                   if any(r["policy"] == p for r in ratings)]
-    users = sorted({r["user_id"] for r in decisions} | {r["user_id"] for r in ratings})
-    return {
-        "folder": str(folder), "scenario": meta.get("scenario"), "dataset": meta.get("dataset"),
-        "users": len(users), "bootstrap": draws, "seed": seed, "level": 0.95, "policies": policies,
-        "micro": micro, "deltas": [d for d in deltas if d["users"]], "ratings": rating_rows,
-        "llm": {
-            "calls": len(decisions) + len(ratings),
-            "from_cache": sum(r["from_cache"] for r in decisions) + sum(r["from_cache"] for r in ratings),
-            "prompt_tokens": sum(r["prompt_tokens"] for r in decisions) + sum(r["prompt_tokens"] for r in ratings),
-            "completion_tokens": (sum(r["completion_tokens"] for r in decisions)
-                                  + sum(r["completion_tokens"] for r in ratings)),
-        },
-    }
-
-
-def _micro_row(policy: str, ratio: int, rows: list[dict[str, Any]], draws: int, seed: int) -> dict[str, Any]:
-    per_user: dict[str, np.ndarray] = {}
-    failed_pages = failed_items = items = 0
-    for r in rows:
-        if r["failure"]:
-            failed_pages += 1
-            failed_items += len(r["items"])
-            continue
-        items += len(r["items"])
-        c = confusion(np.array(r["positive"], bool), np.array(r["watched"], bool))
-        per_user[r["user_id"]] = per_user.get(r["user_id"], np.zeros(4)) + c
-    table = np.array([per_user[u] for u in sorted(per_user)]) if per_user else np.zeros((0, 4))
-    estimates = classification_estimates(table, draws, seed)
-    totals = table.sum(axis=0) if len(table) else np.zeros(4)
-    return {
-        "policy": policy, "ratio": ratio, "users": len(per_user), "pages": len(rows), "items": items,
-        "positives": int(totals[0] + totals[2]), "negatives": int(totals[1] + totals[3]),
-        "watched": int(totals[0] + totals[1]), "failed_pages": failed_pages, "failed_items": failed_items,
-        **{name: e.as_dict() for name, e in estimates.items()},
-    }
-
-
-def _user_confusion(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for r in rows:
-        if not r["failure"]:
-            c = confusion(np.array(r["positive"], bool), np.array(r["watched"], bool))
-            out[r["user_id"]] = out.get(r["user_id"], np.zeros(4)) + c
-    return out
-
-
-def _delta_row(baseline: str, policy: str, ratio: int, decisions: list[dict[str, Any]], draws: int,
-               seed: int) -> dict[str, Any]:
-    """policy minus baseline, paired: on the users both have, each draw resamples the same users for both.
-    A user with a failed page in either policy is compared on what both decided."""
-    a = _user_confusion([r for r in decisions if r["policy"] == baseline and r["ratio"] == ratio])
-    b = _user_confusion([r for r in decisions if r["policy"] == policy and r["ratio"] == ratio])
-    users = sorted(set(a) & set(b))
-    table = np.array([np.concatenate([a[u], b[u]]) for u in users]) if users else np.zeros((0, 8))
-    out: dict[str, Any] = {"policy": policy, "baseline": baseline, "ratio": ratio, "users": len(users)}
-    differences = {name: (lambda t, fn=fn: fn(t[:, 4:]) - fn(t[:, :4])) for name, fn in CLASSIFIERS.items()}
-    out.update({name: e.as_dict() for name, e in bootstrap_many(table, differences, draws, seed).items()})
-    return out
-
-
-def _rating_row(policy: str, rows: list[dict[str, Any]], draws: int, seed: int) -> dict[str, Any]:
-    per_user, asked, answered, failed = [], 0, 0, 0
-    for r in rows:
-        asked += len(r["items"])
-        if r["failure"]:
-            failed += 1
-            continue
-        truth = np.array(r["truth"], dtype=np.float64)
-        predicted = np.array([np.nan if p is None else p for p in r["predicted"]], dtype=np.float64)
-        sums = rating_sums(truth, predicted)
-        answered += int(sums[2])
-        if sums[2]:
-            per_user.append(sums)
-    table = np.array(per_user) if per_user else np.zeros((0, 3))
-    estimates = rating_estimates(table, draws, seed)
-    return {
-        "policy": policy, "users": len(per_user), "asked": asked, "rated": answered,
-        "coverage": answered / asked if asked else None, "failed_calls": failed,
-        **{name: e.as_dict() for name, e in estimates.items()},
-    }
-
-
-def write_summary(folder: Path, summary: dict[str, Any]) -> Path:
-    path = Path(folder) / "eval.json"
-    store.write_json(path, summary)
-    return path

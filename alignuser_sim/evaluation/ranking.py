@@ -3,7 +3,7 @@ recommenders and check whether the simulated users order them as the offline met
 
 A compare folder holds one simulation run per recommender (`<folder>/<algorithm>/`, ordinary run folders,
 each resumable), `offline.parquet` (per-user Recall@K and NDCG@K of each algorithm on the recommenders'
-offline split, `recommenders/offline.py`), `compare_plan.json` and, once summarized, `compare.json`.
+offline split, `evaluation/offline.py`), `compare_plan.json` and, once summarized, `compare.json`.
 The simulations themselves are run by a caller-given function (the CLI passes one that runs them on Ray:
 this module never imports Ray), all against one LLM server.
 
@@ -23,7 +23,6 @@ tau-b per (offline metric, outcome) pair with a bootstrap interval (`metrics/ran
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,10 +33,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alignuser_sim import store
-from alignuser_sim.config import RecommenderConfig, Scenario, dump_scenario, load_scenario
+from alignuser_sim.config import PolicyConfig, RecommenderConfig, Scenario, dump_scenario, load_scenario
 from alignuser_sim.errors import UserError
 from alignuser_sim.metrics.bootstrap import bootstrap_many
 from alignuser_sim.metrics.ranking import ranks, tau_estimate
+from alignuser_sim.store import CompareFolder, RunFolder
 
 OUTCOMES = ("watch_rate", "mean_rating", "session_length", "satisfaction")
 OFFLINE = ("recall", "ndcg")
@@ -65,25 +65,24 @@ def variant(scenario: Scenario, algorithm: str, endpoints: Sequence[str] | None 
 
 def run_status(run_dir: Path) -> str:
     """absent, running (started, not finished: resume it) or complete."""
-    meta = Path(run_dir) / "run.json"
-    if not meta.exists():
-        return "absent"
-    return "complete" if json.loads(meta.read_text()).get("status") == "complete" else "running"
+    return RunFolder(run_dir).status()
 
 
 def point_at(run_dir: Path, endpoints: Sequence[str] | None) -> None:
     """Aim an interrupted run at this compare's LLM server (the one it started with is gone)."""
     if not endpoints:
         return
-    path = Path(run_dir) / "scenario.yaml"
+    path = RunFolder(run_dir).scenario
     scenario = load_scenario(path)
     scenario.llm.endpoints = list(endpoints)
-    path.write_text(dump_scenario(scenario))
+    store.write_text(path, dump_scenario(scenario))
 
 
 def fingerprint(scenario: Scenario) -> dict[str, Any]:
     """What the kept runs of a compare folder depend on: a change must not mix old runs with new ones."""
     dump = scenario.model_dump(mode="json")
+    if dump["policy"]["history_size"] == PolicyConfig().history_size:
+        del dump["policy"]["history_size"]  # a knob newer than the first folders: at its default it matches them
     return {key: dump[key] for key in ("seed", "dataset", "population", "pages", "policy")} | {
         "llm": {"model": dump["llm"]["model"], "sampling": dump["llm"]["sampling"]}}
 
@@ -91,19 +90,14 @@ def fingerprint(scenario: Scenario) -> dict[str, Any]:
 def write_plan(folder: Path, scenario: Scenario, names: Sequence[str]) -> None:
     """Claim the folder for this setup (one written with another setup is refused) and record the
     recommenders, K and bootstrap draws the summary uses."""
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "compare_plan.json"
+    layout = CompareFolder(folder)
     mine = fingerprint(scenario)
-    theirs = json.loads(path.read_text()).get("fingerprint", mine) if path.exists() else mine
-    if theirs != mine:
-        changed = sorted(k for k in set(mine) | set(theirs) if theirs.get(k) != mine.get(k))
-        raise UserError(f"{folder}: holds a comparison of another setup (differs in: {', '.join(changed)}); "
-                        f"use --out DIR or remove the folder")
+    store.claim(layout.plan, mine, "a comparison")
     plan = {"scenario": scenario.name, "dataset": scenario.dataset.name, "recommenders": list(names),
             "k": scenario.eval.k, "bootstrap": scenario.eval.bootstrap, "seed": scenario.seed,
             "fingerprint": mine, "updated": time.time()}
-    store.write_json(path, plan)
-    (folder / "scenario.yaml").write_text(dump_scenario(scenario))
+    store.write_json(layout.plan, plan)
+    store.write_text(layout.scenario, dump_scenario(scenario))
 
 
 def simulate_all(scenario: Scenario, names: Sequence[str], folder: Path, simulate: Simulate,
@@ -111,7 +105,7 @@ def simulate_all(scenario: Scenario, names: Sequence[str], folder: Path, simulat
                  on_start: Callable[[str, str], None] | None = None) -> None:
     """One run per recommender: complete ones are kept, interrupted ones resumed, missing ones started."""
     for name in names:
-        run_dir = folder / name
+        run_dir = CompareFolder(folder).run(name).path
         status = run_status(run_dir)
         if status == "complete":
             continue
@@ -129,14 +123,14 @@ def simulate_all(scenario: Scenario, names: Sequence[str], folder: Path, simulat
 
 def offline_per_user(scenario: Scenario, names: Sequence[str], folder: Path,
                      on_fit: Callable[[str], None] | None = None) -> pa.Table:
-    """Per-user Recall@K / NDCG@K of each algorithm, as `recommenders/offline.evaluate_offline` computes them
+    """Per-user Recall@K / NDCG@K of each algorithm, as `evaluation/offline.evaluate_offline` computes them
     (same split, same masking), kept per user for the bootstrap; cached in `offline.parquet`."""
     from alignuser_sim.data import load_dataset
+    from alignuser_sim.evaluation.offline import per_user_recall_ndcg, ranked_ids, split_dataset
     from alignuser_sim.recommenders import make_recommender
-    from alignuser_sim.recommenders.offline import recall_ndcg, split_dataset
 
     k = scenario.eval.k
-    path = folder / "offline.parquet"
+    path = CompareFolder(folder).offline
     table = pq.read_table(path, schema=OFFLINE_SCHEMA) if path.exists() else OFFLINE_SCHEMA.empty_table()
     done = {(a, kk) for a, kk in zip(table["algorithm"].to_pylist(), table["k"].to_pylist(), strict=True)}
     todo = [n for n in names if (n, k) not in done]
@@ -152,11 +146,7 @@ def offline_per_user(scenario: Scenario, names: Sequence[str], folder: Path,
         params = dict(scenario.recommender.params) if name == scenario.recommender.algorithm else {}
         rec = make_recommender(RecommenderConfig(algorithm=name, params=params), scenario.seed)
         rec.fit(split.train, ds.items)
-        hidden = {u: np.asarray([rec.item_index[i] for i in items if i in rec.item_index], dtype=np.int64)
-                  for u, items in split.hidden.items()}
-        ranked = rec.rank(users, k, hidden)
-        values = np.array([recall_ndcg([rec.item_ids[c] for c in codes], split.test[u], k)
-                           for u, codes in zip(users, ranked, strict=True)])
+        values = per_user_recall_ndcg(ranked_ids(rec, users, k), split, users, k)
         parts.append(pa.table({"algorithm": [name] * len(users), "k": [k] * len(users), "user_id": users,
                                "recall": values[:, 0], "ndcg": values[:, 1]}, schema=OFFLINE_SCHEMA))
         table = pa.concat_tables(parts)
@@ -209,27 +199,26 @@ def _mean_estimates(columns: dict[Any, np.ndarray], draws: int, seed: int) -> di
 def summarize_compare(folder: Path, draws: int | None = None) -> dict[str, Any]:
     """compare.json's content, computed from the runs' events and offline.parquet."""
     folder = Path(folder)
-    plan_path = folder / "compare_plan.json"
-    if not plan_path.exists():
+    layout = CompareFolder(folder)
+    if not layout.exists():
         raise UserError(f"{folder}: not a compare folder (no compare_plan.json); run `alignuser-sim compare` first")
-    plan = json.loads(plan_path.read_text())
+    plan = store.read_json(layout.plan)
     names, k, seed = plan["recommenders"], plan["k"], plan["seed"]
     draws = plan["bootstrap"] if draws is None else draws
     outcomes: dict[str, dict[str, dict[str, float]]] = {}
     failures: dict[str, int] = {}
     for name in names:
-        events = Path(folder) / name / "events.parquet"
-        if run_status(folder / name) != "complete" or not events.exists():
-            raise UserError(f"{folder / name}: simulation not complete; run `alignuser-sim compare` again to finish it")
-        rows = pq.read_table(events, columns=["agent_id", "session", "page", "items", "watched", "ratings",
+        run = layout.run(name)
+        if not run.is_complete():
+            raise UserError(f"{run.path}: simulation not complete; run `alignuser-sim compare` again to finish it")
+        rows = pq.read_table(run.events, columns=["agent_id", "session", "page", "items", "watched", "ratings",
                                               "failure"]).to_pylist()
         outcomes[name] = user_outcomes(rows)
         failures[name] = sum(1 for r in rows if r["failure"])
     users = sorted(set.intersection(*(set(o) for o in outcomes.values()))) if outcomes else []
     sim = {o: np.array([[outcomes[n][u][o] for n in names] for u in users], dtype=np.float64).reshape(-1, len(names))
            for o in OUTCOMES}
-    offline = pq.read_table(folder / "offline.parquet", schema=OFFLINE_SCHEMA).to_pylist() \
-        if (folder / "offline.parquet").exists() else []
+    offline = pq.read_table(layout.offline, schema=OFFLINE_SCHEMA).to_pylist() if layout.offline.exists() else []
     off = {}
     for metric in OFFLINE:
         by_user: dict[str, dict[str, float]] = {}
@@ -266,6 +255,6 @@ def summarize_compare(folder: Path, draws: int | None = None) -> dict[str, Any]:
 
 
 def write_compare(folder: Path, summary: dict[str, Any]) -> Path:
-    path = Path(folder) / "compare.json"
+    path = CompareFolder(folder).summary
     store.write_json(path, summary)
     return path

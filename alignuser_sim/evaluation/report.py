@@ -1,28 +1,32 @@
 """`alignuser-sim report`: one readable document (report.md + report.html + PNG plots) from result folders.
 
 Sections, each present when its files are:
-- macro: a simulation run folder (events.parquet, scenario.yaml): the simulated population's distributions
-  against the human rollouts of the same users with the same pages config (`metrics/macro.py`);
-- micro: an eval folder (plan.json + decisions): `evaluation.summarize`;
-- ranking: a compare folder (compare_plan.json + runs): `compare.summarize_compare`.
+- macro: a simulation run folder (events.parquet, scenario.yaml): `evaluation/macro.macro_summary`;
+- micro: an eval folder (plan.json + decisions): `evaluation/summary.summarize`;
+- ranking: a compare folder (compare_plan.json + runs): `evaluation/ranking.summarize_compare`.
 
-Every number is computed here from those files by the same functions the commands use, never copied from
-a summary someone could have edited; the JSON the numbers came from is written beside the report
-(`report.json`). report.md links the PNGs (plots/); report.html embeds them (base64), so it can be mailed
-alone. matplotlib is imported only when plotting, with the Agg backend (no display needed).
+Every number is computed from those files by the same functions the commands use, never copied from a
+summary someone could have edited; this module only renders them. The JSON the numbers came from is written
+beside the report (`report.json`). report.md links the PNGs (plots/, `evaluation/plots.py`); report.html
+embeds them (base64), so it can be mailed alone.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from alignuser_sim import store
 from alignuser_sim.errors import UserError
+from alignuser_sim.evaluation.macro import LABELS, macro_summary
+from alignuser_sim.evaluation.plots import plot_macro, plot_micro, plot_ranking
+from alignuser_sim.evaluation.ranking import OUTCOMES, summarize_compare
+from alignuser_sim.evaluation.summary import summarize
+from alignuser_sim.store import CompareFolder, EvalFolder, RunFolder
 
 
 @dataclass
@@ -53,8 +57,8 @@ class Inputs:
     compare: Path | None = None
 
 
-def _first(candidates: list[Path], marker: str) -> Path | None:
-    return next((c for c in candidates if (c / marker).exists()), None)
+def _first(candidates: list[Path], is_one: Callable[[Path], Any]) -> Path | None:
+    return next((c for c in candidates if is_one(c).exists()), None)
 
 
 def find_inputs(path: Path, eval_dir: Path | None = None, compare_dir: Path | None = None) -> Inputs:
@@ -67,190 +71,19 @@ def find_inputs(path: Path, eval_dir: Path | None = None, compare_dir: Path | No
         if given is not None and not Path(given).is_dir():
             raise UserError(f"{option}: {given}: no such folder")
     inputs = Inputs()
-    if (path / "run.json").exists() or (path / "events.parquet").exists():
+    if RunFolder(path).exists() or RunFolder(path).events.exists():
         inputs.run = path
-    inputs.eval = Path(eval_dir) if eval_dir else _first([path, path / "eval", path.parent / "eval"], "plan.json")
+    inputs.eval = Path(eval_dir) if eval_dir else _first([path, path / "eval", path.parent / "eval"], EvalFolder)
     inputs.compare = Path(compare_dir) if compare_dir else _first(
-        [path, path / "compare", path.parent / "compare"], "compare_plan.json")
-    if inputs.eval and not (inputs.eval / "plan.json").exists():
+        [path, path / "compare", path.parent / "compare"], CompareFolder)
+    if inputs.eval and not EvalFolder(inputs.eval).exists():
         raise UserError(f"--eval: {inputs.eval}: not an eval folder (no plan.json)")
-    if inputs.compare and not (inputs.compare / "compare_plan.json").exists():
+    if inputs.compare and not CompareFolder(inputs.compare).exists():
         raise UserError(f"--compare: {inputs.compare}: not a compare folder (no compare_plan.json)")
     if not (inputs.run or inputs.eval or inputs.compare):
         raise UserError(f"{path}: nothing to report: not a run folder (run.json), an eval folder (plan.json) "
                         f"or a compare folder (compare_plan.json)")
     return inputs
-
-
-# --- macro: a run against its humans -------------------------------------------------------------------------
-
-
-def macro_summary(run_dir: Path) -> dict[str, Any]:
-    """The run's distributions against the human rollouts of its users (module doc of metrics/macro.py)."""
-    import pyarrow.parquet as pq
-
-    from alignuser_sim.config import load_scenario
-    from alignuser_sim.data import load_dataset
-    from alignuser_sim.data.rollouts import build_rollouts, read_rollouts
-    from alignuser_sim.metrics.macro import compare_all, samples_from_events, samples_from_rollouts
-
-    run_dir = Path(run_dir)
-    meta = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    if meta.get("status") != "complete" or not (run_dir / "events.parquet").exists():
-        raise UserError(f"{run_dir}: the run is not complete; finish it with `alignuser-sim run --resume {run_dir}`")
-    scenario = load_scenario(run_dir / "scenario.yaml")
-    events = pq.read_table(run_dir / "events.parquet",
-                           columns=["agent_id", "session", "page", "items", "watched", "ratings", "failure"])
-    users = sorted({u for ids in meta.get("shards", {}).values() for u in ids}) or sorted(
-        set(events["agent_id"].to_pylist()))
-    ds = load_dataset(scenario.dataset)
-    genres = dict(zip(ds.items["item_id"].to_pylist(), ds.items["genres"].to_pylist(), strict=True))
-
-    def genres_of(item: str) -> list[str]:
-        return list(genres.get(item) or ())
-
-    if (run_dir / "rollouts.parquet").exists():
-        rollouts = read_rollouts(run_dir / "rollouts.parquet")
-        human_source = "rollouts.parquet"
-    else:
-        rollouts = build_rollouts(ds, users, scenario.pages, scenario.seed)
-        human_source = "rebuilt with data/rollouts.build_rollouts"
-    keep = set(users)
-    human_rows = [r for r in rollouts.to_pylist() if r["user_id"] in keep]
-    cap, k = scenario.pages.count, scenario.pages.items_per_page
-    human = samples_from_rollouts(human_rows, cap, genres_of)
-    simulated = samples_from_events(events.to_pylist(), cap, genres_of)
-    comparisons = compare_all(human, simulated, cap, k)
-    return {
-        "run_dir": str(run_dir), "run_id": meta.get("run_id"), "scenario": scenario.name,
-        "dataset": scenario.dataset.name, "recommender": scenario.recommender.algorithm,
-        "policy": scenario.policy.label, "users": len(users), "page_cap": cap, "items_per_page": k,
-        "human_source": human_source,
-        "human": {"sessions": human.sessions, "pages": human.pages},
-        "simulated": {"sessions": simulated.sessions, "pages": simulated.pages, "failed_pages": simulated.failed_pages},
-        "distributions": {name: c.as_dict() for name, c in comparisons.items()},
-    }
-
-
-# --- plots ---------------------------------------------------------------------------------------------------
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-LABELS = {"ratings": "rating", "watches_per_page": "watches per page", "pages_per_session": "pages per session",
-          "exit_page": "exit page (0-based)", "genres": "genre of watched items"}
-
-
-def plot_macro(macro: dict[str, Any], out: Path) -> list[Path]:
-    import numpy as np
-
-    plt = _pyplot()
-    paths = []
-    numeric = [n for n in ("ratings", "watches_per_page", "pages_per_session", "exit_page")
-               if n in macro["distributions"]]
-    fig, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for ax, name in zip(axes.flat, numeric, strict=False):
-        d = macro["distributions"][name]
-        x = np.arange(len(d["support"]))
-        for offset, side, color in ((-0.2, "human", "#4c72b0"), (0.2, "simulated", "#dd8452")):
-            counts = np.asarray(d[side], dtype=float)
-            share = counts / counts.sum() if counts.sum() else counts
-            ax.bar(x + offset, share, width=0.4, label=f"{side} (n={int(counts.sum())})", color=color)
-        ax.set_xticks(x, [str(s) for s in d["support"]])
-        kl = "n/a" if d["kl"] is None else f"{d['kl']:.3f}"
-        w = "n/a" if d["wasserstein"] is None else f"{d['wasserstein']:.3f}"
-        ax.set_title(f"{LABELS[name]}: KL {kl}, W1 {w}", fontsize=10)
-        ax.set_ylabel("share")
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{macro['dataset']} / {macro['recommender']}: human vs simulated")
-    fig.tight_layout()
-    paths.append(_save(fig, out / "macro_distributions.png"))
-    d = macro["distributions"].get("genres")
-    if d and d["support"]:
-        fig, ax = plt.subplots(figsize=(10, max(3, 0.3 * len(d["support"]) + 1)))
-        y = np.arange(len(d["support"]))
-        for offset, side, color in ((-0.2, "human", "#4c72b0"), (0.2, "simulated", "#dd8452")):
-            counts = np.asarray(d[side], dtype=float)
-            share = counts / counts.sum() if counts.sum() else counts
-            ax.barh(y + offset, share, height=0.4, label=f"{side} (n={int(counts.sum())})", color=color)
-        ax.set_yticks(y, d["support"])
-        ax.invert_yaxis()
-        kl = "n/a" if d["kl"] is None else f"{d['kl']:.3f}"
-        ax.set_title(f"genres of watched items: KL {kl}")
-        ax.set_xlabel("share")
-        ax.legend()
-        fig.tight_layout()
-        paths.append(_save(fig, out / "macro_genres.png"))
-    return paths
-
-
-def plot_micro(micro: dict[str, Any], out: Path) -> list[Path]:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), sharey=True)
-    for ax, metric in zip(axes, ("accuracy", "precision", "recall", "f1"), strict=True):
-        for policy in micro["policies"]:
-            rows = [r for r in micro["micro"] if r["policy"] == policy and r[metric]["value"] is not None]
-            if not rows:
-                continue
-            errors = [_errors(r[metric]) for r in rows]
-            ax.errorbar([r["ratio"] for r in rows], [r[metric]["value"] for r in rows],
-                        yerr=[[e[0] for e in errors], [e[1] for e in errors]], marker="o", capsize=3, label=policy)
-        ratios = sorted({r["ratio"] for r in micro["micro"]})
-        ax.set_xticks(ratios, [f"1:{r}" for r in ratios])
-        ax.set_title(metric)
-        ax.set_ylim(0, 1)
-        ax.set_xlabel("positives : negatives")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{micro['dataset']}: micro metrics, {micro['users']} users, 95% bootstrap intervals")
-    fig.tight_layout()
-    return [_save(fig, out / "micro_metrics.png")]
-
-
-def plot_ranking(ranking: dict[str, Any], out: Path) -> list[Path]:
-    plt = _pyplot()
-    from alignuser_sim.evaluation.ranking import OUTCOMES
-
-    offline = f"ndcg@{ranking['k']}"
-    fig, axes = plt.subplots(1, len(OUTCOMES), figsize=(15, 3.8))
-    for ax, outcome in zip(axes, OUTCOMES, strict=True):
-        for row in ranking["rows"]:
-            x, y = row[offline]["value"], row[outcome]["value"]
-            if x is None or y is None:
-                continue
-            low, high = _errors(row[outcome])
-            ax.errorbar([x], [y], yerr=[[low], [high]], marker="o", capsize=3)
-            ax.annotate(row["recommender"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        tau = next(t for t in ranking["tau"] if t["offline"] == offline and t["outcome"] == outcome)
-        value = "n/a" if tau["value"] is None else f"{tau['value']:.2f}"
-        ax.set_title(f"{outcome} (tau {value})", fontsize=10)
-        ax.set_xlabel(f"offline {offline}")
-    fig.suptitle(f"{ranking['dataset']}: simulated outcome vs offline metric per recommender")
-    fig.tight_layout()
-    return [_save(fig, out / "ranking.png")]
-
-
-def _errors(d: dict[str, Any]) -> tuple[float, float]:
-    """Error-bar lengths below and above the value (0 without an interval)."""
-    value = d["value"]
-    low = value - d["lo"] if d.get("lo") is not None else 0.0
-    high = d["hi"] - value if d.get("hi") is not None else 0.0
-    return max(0.0, low), max(0.0, high)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 # --- sections --------------------------------------------------------------------------------------------------
@@ -317,8 +150,6 @@ def micro_section(micro: dict[str, Any], images: list[Image]) -> Section:
 
 
 def ranking_section(ranking: dict[str, Any], images: list[Image]) -> Section:
-    from alignuser_sim.evaluation.ranking import OUTCOMES
-
     s = Section("Recommender ranking: simulated users vs offline metrics")
     k = ranking["k"]
     s.blocks.append(
@@ -391,9 +222,6 @@ def render_html(title: str, sections: list[Section], folder: Path) -> str:
 
 def build_report(inputs: Inputs, out: Path) -> dict[str, Any]:
     """Compute each section's numbers from its files, plot, and write report.md, report.html, report.json."""
-    from alignuser_sim.evaluation.micro import summarize
-    from alignuser_sim.evaluation.ranking import summarize_compare
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plots = out / "plots"

@@ -23,10 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from alignuser_sim import store
-from alignuser_sim.agent.persona_agent import THOUGHT_MAX, ItemDecision, PageDecision, PersonaAgent
+from alignuser_sim.agent.decision import THOUGHT_MAX, ItemDecision, PageDecision
+from alignuser_sim.agent.persona_agent import PersonaAgent
+from alignuser_sim.agent.policy import PolicySetup, load_tastes
 from alignuser_sim.config import Scenario
 from alignuser_sim.core import PURPOSE_EXPORT_PAGES, Action, ItemView, NextState, user_rng
 from alignuser_sim.errors import UserError
+from alignuser_sim.learning.inputs import prepare
+from alignuser_sim.learning.journal import JOURNAL_FILE, Journal
 from alignuser_sim.learning.world_model import candidate_items, prediction_messages, truth_reply
 
 WORLD_MODEL_FILE = "worldmodel_sft.jsonl"
@@ -100,21 +104,16 @@ def human_decision(page: list[str], action: Action, thought: str) -> PageDecisio
 def export_sft(scenario: Scenario, out_dir: Path | None = None, max_pages: int | None = None,
                users_limit: int | None = None) -> dict[str, Any]:
     """Write the two JSONL files (and a README) from the scenario's learning folder; returns their counts."""
-    from dataclasses import replace
-
-    from alignuser_sim.learning.learner import Journal, load_tastes, prepare
-
     folder = scenario.learning_dir()
-    if not (folder / "journal.jsonl").is_file():
+    if not (folder / JOURNAL_FILE).is_file():
         raise UserError(f"{folder}: no learning journal; run `alignuser-sim learn SCENARIO` first")
     out_dir = Path(out_dir) if out_dir is not None else folder / "sft"
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = prepare(scenario, users_limit)
     journal = Journal(folder, write=False)
-    tastes = load_tastes(folder, inputs.users)
-    personas = {u: replace(p, taste=tastes[u]) if not p.taste and tastes.get(u) else p
-                for u, p in inputs.personas.items()}
-    views, k = inputs.views, inputs.k
+    setup = PolicySetup(scenario.policy, tastes=load_tastes(folder, inputs.users))
+    personas = {u: setup.persona(p) for u, p in inputs.personas.items()}
+    views, k, history_size = inputs.views, inputs.k, inputs.history_size
 
     wm_rows: list[dict[str, Any]] = []
     for uid in inputs.users:
@@ -133,7 +132,7 @@ def export_sft(scenario: Scenario, out_dir: Path | None = None, max_pages: int |
             state = inputs.state(uid, s)
             truth = truth if truth is not None and truth.near else inputs.truth(state, action, near=k)
             candidates = candidate_items([truth], state, k, inputs.catalogue_ids, scenario.seed)
-            messages = prediction_messages(text, state, [action], candidates, k, views)
+            messages = prediction_messages(text, state, [action], candidates, k, views, history_size=history_size)
             wm_rows.append(_chat(messages, truth_reply([truth], candidates).model_dump_json()))
 
     policy_rows: list[dict[str, Any]] = []
@@ -143,7 +142,7 @@ def export_sft(scenario: Scenario, out_dir: Path | None = None, max_pages: int |
             continue
         state = inputs.state(uid, s)
         history = [(views[i].title if i in views else i, _rating(r)) for i, r in state.history]
-        agent = PersonaAgent(personas[uid], seed=scenario.seed, history=history[-5:])
+        agent = PersonaAgent(personas[uid], seed=scenario.seed, history=history, history_size=history_size)
         page = [views.get(i) or ItemView(i, f"item {i}") for i in state.page]
         decision = human_decision(state.page, inputs.human_action(uid, s), _thought(record["reasoning"]))
         policy_rows.append(_chat(agent.messages(state.page_no, page), decision.model_dump_json()))

@@ -6,9 +6,9 @@ For one human transition (a page of the persona's rollout and what the human did
    correct) decides the same page K times at `learning.counterfactual_temperature`. Its decisions become
    actions; the ones equal to the human's action, or to an earlier sample, are dropped (equal = same
    watched items and same exit choice: what the recommender sees). So K bounds the calls, not the result.
-2. **Outcomes.** Each action's next state comes from the real recommender (`worldmodel.true_next_state`):
+2. **Outcomes.** Each action's next state comes from the real recommender (`world_model.true_next_state`):
    the next page, its dominant genres, and how many of its items the person really went on to consume.
-   (The world model's predictions of the same outcomes are scored in `learning`, not shown here.)
+   (The world model's predictions of the same outcomes are scored by the learner, not shown here.)
 3. **Reflection.** One structured call shows the page, the human's action and the alternatives with
    their outcomes, and asks why the human's choice fits this person better: a first-person `reasoning`
    (kept for the policy's fine-tuning data), what the alternatives get wrong, and 1-3 lessons, each a
@@ -22,14 +22,16 @@ import asyncio
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignuser_sim.agent.persona_agent import PageDecision, PersonaAgent, check_decision, page_schema
+from alignuser_sim.agent.decision import PageDecision, check_decision, page_schema
+from alignuser_sim.agent.persona_agent import HISTORY_SIZE, PersonaAgent
 from alignuser_sim.core import Action, ItemView, NextState, State, call_seed, short_title
 from alignuser_sim.learning.world_model import item_line
 from alignuser_sim.llm.prompts import build_messages
+from alignuser_sim.llm.protocol import StructuredLLM
 
 LESSON_MAX = 200
 REASONING_MAX = 300
@@ -80,7 +82,7 @@ def sample_seed(seed: int, user_id: str, step: int, j: int) -> int:
     return call_seed(seed, "cf", user_id, step, j)
 
 
-async def sample_alternatives(llm: Any, agent: PersonaAgent, state: State, human: Action,
+async def sample_alternatives(llm: StructuredLLM, agent: PersonaAgent, state: State, human: Action,
                               views: dict[str, ItemView], k: int, temperature: float, seed: int) -> Alternatives:
     """K policy decisions on the state's page at `temperature`, as distinct actions unlike the human's."""
     page = [views.get(i) or ItemView(i, f"item {i}") for i in state.page]
@@ -124,7 +126,7 @@ def outcome_text(truth: NextState, views: dict[str, ItemView]) -> str:
 
 def reflection_messages(persona_text: str, state: State, human: Action, human_truth: NextState,
                         alternatives: Sequence[Action], alternative_truths: Sequence[NextState],
-                        views: dict[str, ItemView]) -> list[dict[str, str]]:
+                        views: dict[str, ItemView], history_size: int = HISTORY_SIZE) -> list[dict[str, str]]:
     """The reflection prompt, static first: system, persona; recent history; the page and the choices."""
     page = "\n".join(item_line(views[i]) if i in views else f"- id {i}" for i in state.page)
     alts = "\n".join(f"- {a.describe(views)}.\n  {outcome_text(t, views)}"
@@ -134,7 +136,8 @@ def reflection_messages(persona_text: str, state: State, human: Action, human_tr
         f"What the real person did: {human.describe(views)}.\n  {outcome_text(human_truth, views)}\n\n"
         f"What the simulator considered instead:\n{alts}"
     )
-    return build_messages(REFLECTION_SYSTEM, dynamic, persona=persona_text, context=[state.recent(views)])
+    recent = state.recent(views, n=history_size)
+    return build_messages(REFLECTION_SYSTEM, dynamic, persona=persona_text, context=[recent])
 
 
 def reflection_seed(seed: int, user_id: str, step: int) -> int:

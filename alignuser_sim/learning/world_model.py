@@ -15,28 +15,27 @@ dominant genres, and whether the session goes on. Several actions of one state a
 `score` compares a prediction with the truth (item Jaccard / precision / recall, genre Jaccard, continue
 accuracy). In-context examples are other transitions of the same persona with their true outcome.
 
-`load_world_model_context` gives the simulation's persona agents what was learned here: short lines from
-the persona's transitions ("After you watched 'X' (Comedy) and went on, the next page showed mostly Comedy,
-Drama"), the ones whose genres match the page best.
+What the simulation's agents get from the transitions learned here is in `agent/world_hints.py`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from alignuser_sim.agent.persona_agent import HISTORY_SIZE
 from alignuser_sim.core import Action, ItemView, NextState, State, short_title, user_rng
 from alignuser_sim.llm.prompts import build_messages
+from alignuser_sim.recommenders.base import Recommender
 
 MAX_GENRES = 3
-TRANSITIONS_FILE = "transitions.parquet"
 
 WORLD_MODEL_SYSTEM = (
     "You are the world model of a recommender system. Given a user's state and an action the user "
@@ -71,7 +70,7 @@ def dominant_genres(views: Sequence[ItemView], top: int = MAX_GENRES) -> list[st
 # --- the truth, from the recommender -------------------------------------------------------------------
 
 
-def true_next_state(recommender: Any, state: State, action: Action, k: int,
+def true_next_state(recommender: Recommender, state: State, action: Action, k: int,
                     views: dict[str, ItemView], near: int = 0) -> NextState:
     """What `recommender` (fitted) serves after `action` on `state`'s page; its state is left unchanged.
 
@@ -157,6 +156,19 @@ def prediction_schema(labels: Sequence[str], candidates: Sequence[str], genres: 
     }
 
 
+def world_model_sampling(max_tokens: int, labels: Sequence[str], candidates: Sequence[str],
+                         genres: Sequence[str]) -> dict[str, Any]:
+    """Greedy (a predictor, not a persona: its most likely answer); room for the schema's longest reply (no
+    free text in it: ids, booleans, genre names), sized from its compact JSON: long ids (Amazon's ten-digit
+    ISBNs) need more tokens than MovieLens's short ones. SmolLM2 measured ~2 characters per token on such
+    replies; 1.5 leaves a margin."""
+    longest = sorted(genres, key=len, reverse=True)[:MAX_GENRES]
+    reply = {"outcomes": {label: {"next": dict.fromkeys(candidates, False), "genres": longest, "continues": False}
+                          for label in labels}}
+    chars = len(json.dumps(reply, separators=(",", ":")))
+    return {"temperature": 0.0, "max_tokens": min(max_tokens, 32 + math.ceil(chars / 1.5))}
+
+
 @dataclass
 class Example:
     """An in-context example: another transition of the same persona with its true outcome."""
@@ -186,13 +198,14 @@ def labels_for(n: int) -> list[str]:
 
 
 def prediction_messages(persona_text: str, state: State, actions: Sequence[Action], candidates: Sequence[str],
-                        k: int, views: dict[str, ItemView], examples: Sequence[Example] = ()) -> list[dict[str, str]]:
+                        k: int, views: dict[str, ItemView], examples: Sequence[Example] = (),
+                        history_size: int = HISTORY_SIZE) -> list[dict[str, str]]:
     """The world-model prompt, static first: system, persona; examples; then the state, actions, candidates."""
     context = []
     if examples:
         context.append("How this recommender reacted before:\n" + "\n".join(
             f"{n + 1}. {example_text(e, views)}" for n, e in enumerate(examples)))
-    context.append(state.recent(views))
+    context.append(state.recent(views, n=history_size))
     page = "\n".join(item_line(views[i]) if i in views else f"- id {i}" for i in state.page)
     acts = "\n".join(f"- {label}: {a.describe(views)}" for label, a in zip(labels_for(len(actions)), actions,
                                                                              strict=True))
@@ -279,68 +292,4 @@ def mean_scores(scores: Iterable[dict[str, float] | None]) -> dict[str, float | 
     out: dict[str, float | int | None] = {"n": len(ok), "failed": len(rows) - len(ok)}
     for key in SCORE_KEYS:
         out[key] = round(float(np.mean([s[key] for s in ok])), 4) if ok else None
-    return out
-
-
-# --- what the simulation's agents get ------------------------------------------------------------------
-
-
-def hint_text(action: Action, truth: NextState, views: dict[str, ItemView], human: bool) -> str:
-    """One transition as a line of advice: what the recommender did after this kind of action."""
-    if action.watched:
-        watched = ", ".join(
-            f"'{short_title(views[i])}'" + (f" ({views[i].genres[0]})" if views[i].genres else "")
-            if i in views else f"'{i}'" for i in action.watched_ids[:2])
-        if len(action.watched) > 2:
-            watched += f" and {len(action.watched) - 2} more"
-    else:
-        watched = "nothing"
-    genres = ", ".join(truth.genres) or "a mix of genres"
-    if human:
-        after = "left" if action.exit else "went on"
-        page = "your next visit started with" if action.exit else "the next page showed"
-        return f"After you watched {watched} and {after}, {page} mostly {genres}"
-    after = "left" if action.exit else "gone on"
-    page = "your next visit would have started with" if action.exit else "the next page would have shown"
-    return f"Had you watched {watched} and {after}, {page} mostly {genres}"
-
-
-def hint_genres(state: State, action: Action, views: dict[str, ItemView]) -> list[str]:
-    """What a hint is about: the genres of the page it came from and of the watched items."""
-    return sorted({g for i in [*state.page, *action.watched_ids] if i in views for g in views[i].genres})
-
-
-@dataclass
-class WorldModelHints:
-    """A persona's world-model context (plain data: pickled to the simulation's shards)."""
-
-    lines: list[str]
-    genres: list[list[str]]
-
-    def hints(self, page: list[ItemView], k: int) -> list[str]:
-        if k <= 0 or not self.lines:
-            return []
-        on_page = {g for item in page for g in item.genres}
-        order = sorted(range(len(self.lines)),
-                       key=lambda i: (-_jaccard(on_page, set(self.genres[i])), i))
-        return [self.lines[i] for i in order[:k]]
-
-
-def load_world_model_context(folder: Path, user_ids: list[str]) -> dict[str, WorldModelHints]:
-    """Each persona's transitions from the learning folder as hint lines ({} when none were learned)."""
-    import pyarrow.parquet as pq
-
-    path = Path(folder) / TRANSITIONS_FILE
-    if not path.is_file():
-        return {}
-    wanted = set(user_ids)
-    rows = pq.read_table(path, columns=["user_id", "step", "action_id", "hint", "hint_genres"]).to_pylist()
-    rows = sorted((r for r in rows if r["user_id"] in wanted),
-                  key=lambda r: (r["user_id"], r["action_id"] != "human", r["step"], r["action_id"]))
-    out: dict[str, WorldModelHints] = {}
-    for row in rows:
-        hints = out.setdefault(row["user_id"], WorldModelHints([], []))
-        if row["hint"] and row["hint"] not in hints.lines:
-            hints.lines.append(row["hint"])
-            hints.genres.append(list(row["hint_genres"] or []))
     return out

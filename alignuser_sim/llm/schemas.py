@@ -7,6 +7,9 @@ The schema is made *strict* the way OpenAI defines it (every object closes with
 `additionalProperties: false` and lists every property as required) so that a grammar-constrained
 server (vLLM with xgrammar) cannot emit extra or missing keys. Titles are dropped: they mean nothing to
 the grammar and only lengthen it. The result is cached per model class.
+
+`validate_reply` is the way back: a reply's text checked against the same model, a failure named by kind
+(invalid_json, schema, or length when the reply was cut at `max_tokens`) instead of raised.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from __future__ import annotations
 import copy
 import re
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+
+T = TypeVar("T", bound=BaseModel)
 
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
 
@@ -67,3 +72,21 @@ def response_format_for(model: type[BaseModel], schema: dict[str, Any] | None = 
             "strict": True,
         },
     }
+
+
+def validate_reply(
+    text: str | None, finish_reason: str | None, output: type[T]
+) -> tuple[T | None, str | None, str | None]:
+    """(value, failure kind, error) for a completion's text."""
+    if text is None or not text.strip():
+        kind = "length" if finish_reason == "length" else "invalid_json"
+        return None, kind, "empty reply"
+    try:
+        return output.model_validate_json(text), None, None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        is_json = first["type"] != "json_invalid"
+        kind = "length" if finish_reason == "length" else ("schema" if is_json else "invalid_json")
+        where = ".".join(str(p) for p in first["loc"])
+        error = f"{where}: {first['msg']}" if where else first["msg"]
+        return None, kind, error

@@ -46,32 +46,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alignuser_sim.errors import UserError
+from alignuser_sim.recommenders.scoring import MAX_BATCH_CELLS, as_codes, blas_threads, first_unhidden, top_k
 
 STATE_VERSION = 1
-# scores of a batch are a (users x items) float matrix (and argpartition makes an index matrix as large):
-# cap its cells, so a batch of users is scored in chunks of at most ~16 MB per matrix
-MAX_BATCH_CELLS = 2_000_000
-
-
-_CONTROLLER = None
-
-
-def blas_threads(n: int):
-    """A context limiting BLAS to `n` threads (the controller is built once: building one costs ~1 ms).
-
-    Small GEMMs (a fold-in, a batch of scores) on a busy machine are many times slower with two
-    OpenBLAS threads than with one, so serving runs under the algorithm's `threads` (default 1).
-    """
-    global _CONTROLLER
-    if _CONTROLLER is None:
-        from threadpoolctl import ThreadpoolController
-
-        _CONTROLLER = ThreadpoolController()
-    return _CONTROLLER.limit(limits=n, user_api="blas")
-
-
-def _codes(values: Iterable[int]) -> np.ndarray:
-    return np.asarray(values, dtype=np.int64)
 
 
 class Param:
@@ -256,7 +233,7 @@ class Recommender(ABC):
         if not exclude:
             return {}
         return {
-            uid: _codes(self.item_index[i] for i in items if i in self.item_index)
+            uid: as_codes(self.item_index[i] for i in items if i in self.item_index)
             for uid, items in exclude.items()
         }
 
@@ -294,7 +271,7 @@ class Recommender(ABC):
                     hidden = set(self.seen(uid).tolist())
                     if uid in exclude:
                         hidden.update(exclude[uid].tolist())
-                    out[r] = _first_unhidden(order, hidden, k)
+                    out[r] = first_unhidden(order, hidden, k)
         rest = [r for r, s in enumerate(shared) if not s]
         if rest:
             for r, row in zip(rest, self._rank_scored([chunk[r] for r in rest], k, exclude), strict=True):
@@ -312,7 +289,7 @@ class Recommender(ABC):
             cols.append(hidden)
         if rows:
             scores[np.concatenate(rows), np.concatenate(cols).astype(np.int64)] = -np.inf
-        return _top_k(scores, k)
+        return top_k(scores, k)
 
     def _scores(self, user_ids: list[str]) -> np.ndarray:
         """A (len(user_ids) x n_items) matrix of scores, higher is better; seen items masked later.
@@ -402,35 +379,3 @@ class Recommender(ABC):
             self._remember_seen(uid, (self.item_index[i] for i in user["seen"] if i in self.item_index))
         with blas_threads(self.params.get("threads", 1)):
             self._on_history_change([u for u in state["users"] if u in self._watched])
-
-
-def _first_unhidden(order: np.ndarray, hidden: set[int], k: int) -> np.ndarray:
-    picked: list[int] = []
-    for code in order:
-        if int(code) not in hidden:
-            picked.append(int(code))
-            if len(picked) == k:
-                break
-    return np.asarray(picked, dtype=order.dtype)
-
-
-def _top_k(scores: np.ndarray, k: int) -> list[np.ndarray]:
-    """Per row, the indices of the `k` highest finite scores, best first.
-
-    Deterministic for a given matrix; models that produce ties (popularity, ItemKNN's zero scores) break
-    them in the scores themselves.
-    """
-    n = scores.shape[1]
-    k_eff = min(k, n)
-    if k_eff < n:
-        part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff]
-    else:
-        part = np.tile(np.arange(n), (scores.shape[0], 1))
-    top = np.take_along_axis(scores, part, axis=1)
-    order = np.lexsort((part, -top), axis=1)
-    part = np.take_along_axis(part, order, axis=1)
-    top = np.take_along_axis(top, order, axis=1)
-    return [row[np.isfinite(vals)] for row, vals in zip(part, top, strict=True)]
-
-
-

@@ -29,11 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from alignuser_sim.agent.policy import PolicySetup
+from alignuser_sim.config import RunConfig
 from alignuser_sim.core import Catalogue, ItemView
 from alignuser_sim.data.personas import Persona
+from alignuser_sim.llm.protocol import StructuredLLM
 from alignuser_sim.simulation.events import Event, EventLog, MacroStats
 
 log = logging.getLogger(__name__)
+_RUN = RunConfig()  # the defaults of the `run:` knobs, for a driver made without a scenario (tests, benchmarks)
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,8 @@ class PageRequest:
     items: tuple[str, ...]
 
 
-async def as_completed_chunks(aws: Iterable[Awaitable[Any]], max_chunk: int = 512) -> AsyncIterator[list[Any]]:
+async def as_completed_chunks(aws: Iterable[Awaitable[Any]], max_chunk: int = _RUN.max_chunk,
+                              ) -> AsyncIterator[list[Any]]:
     """Run the awaitables concurrently; yield their results in completion order, in lists of whatever has
     finished since the last yield (at most `max_chunk`), so a caller can batch its follow-up work without
     waiting for the slowest. The first exception cancels the rest and propagates."""
@@ -66,29 +70,32 @@ async def as_completed_chunks(aws: Iterable[Awaitable[Any]], max_chunk: int = 51
 
 
 class ShardCore:
-    """Many agents in one process: a shard of the population."""
+    """Many agents in one process: a shard of the population. The agents' prompts show the last
+    `policy.config.history_size` items they watched (the scenario's `policy.history_size`)."""
 
     def __init__(
         self,
         shard_id: int,
         personas: list[Persona],
         catalogue: Catalogue,
-        llm: Any,
+        llm: StructuredLLM,
         run_id: str,
         seed: int = 0,
         policy: PolicySetup | None = None,
-        history_size: int = 5,
+        max_chunk: int = _RUN.max_chunk,
     ):
         self.shard_id, self.llm, self.run_id, self.catalogue = shard_id, llm, run_id, catalogue
+        self.max_chunk = max_chunk
         policy = policy or PolicySetup.prompt_only()
-        self.agents = {p.user_id: policy.agent(p, seed=seed, history_size=history_size) for p in personas}
+        self.agents = {p.user_id: policy.agent(p, seed=seed, history_size=policy.config.history_size)
+                       for p in personas}
 
     async def decide(self, requests: list[PageRequest]) -> list[Event]:
         return list(await asyncio.gather(*(self._decide_one(r) for r in requests)))
 
-    async def decide_stream(self, requests: list[PageRequest], max_chunk: int = 512) -> AsyncIterator[list[Event]]:
+    async def decide_stream(self, requests: list[PageRequest]) -> AsyncIterator[list[Event]]:
         """The same decisions, each handed back as soon as it is made (in chunks of what finished together)."""
-        async for chunk in as_completed_chunks((self._decide_one(r) for r in requests), max_chunk):
+        async for chunk in as_completed_chunks((self._decide_one(r) for r in requests), self.max_chunk):
             yield chunk
 
     async def _decide_one(self, request: PageRequest) -> Event:
@@ -131,7 +138,7 @@ class ShardCore:
         return n
 
     def llm_snapshot(self) -> dict[str, Any]:
-        return self.llm.snapshot() if hasattr(self.llm, "snapshot") else {}
+        return self.llm.snapshot()
 
 
 # --- the driver ------------------------------------------------------------------------------------------
@@ -190,8 +197,8 @@ class Driver:
     progress: dict[str, AgentProgress] = field(default_factory=dict)
     on_events: Callable[[list[Event]], None] | None = None
     decide_stream: Callable[[int, list[PageRequest]], AsyncIterator[list[Event]]] | None = None
-    max_batch: int = 4096  # agents per recommender / decide call
-    batch_window_s: float = 0.002  # how long agents coming back are gathered into one batch
+    max_batch: int = _RUN.max_batch  # agents per recommender / decide call
+    batch_window_s: float = _RUN.batch_window_s  # how long agents coming back are gathered into one batch
 
     def __post_init__(self) -> None:
         for ids in self.shards.values():

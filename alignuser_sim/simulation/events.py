@@ -4,42 +4,26 @@ The event key is `(run_id, agent_id, session, page)`. Writing is idempotent on t
 set of keys it holds and drops a second copy, so a shard restarted mid-page, or a resumed driver that
 replays a page, never duplicates an event (and never counts it twice in the statistics).
 
-Events are appended as Parquet part files named by writer and number (`events/part-<writer>-000001.parquet`,
-each written to a temporary name and renamed, so a crash leaves whole parts only, and two writers never
-overwrite each other's parts); `finalize()` merges them into `events.parquet`, one row per key, sorted by
-key. A resumed run re-reads the parts to learn what is already done. `RunLock` keeps two drivers of one
-run folder from running at once (a killed driver's actors may outlive it for a few seconds).
+Events are a keyed part table (`store.PartTable`): Parquet parts under `events/`, each written whole, named
+by writer and number so two writers never overwrite each other's parts; `finalize()` merges them into
+`events.parquet`, one row per key, sorted by key. A resumed run re-reads them to learn what is already done.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import time
-import uuid
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from alignuser_sim import store
+from alignuser_sim.config import RunConfig
 from alignuser_sim.llm.accounting import LatencyHistogram
+from alignuser_sim.store import CALL_FIELDS, PartTable, RunFolder
 
-# The accounting of one LLM call, in every table that stores calls (these events, evaluation.py's decisions
-# and ratings): one definition, so the tables cannot drift apart. Spliced in where each table had them: a
-# schema's field order must not change, or the files already written no longer read with it.
-CALL_FIELDS = (
-    pa.field("failure", pa.string()),
-    pa.field("invalid_ids", pa.int32(), nullable=False),
-    pa.field("prompt_tokens", pa.int32(), nullable=False),
-    pa.field("completion_tokens", pa.int32(), nullable=False),
-    pa.field("latency_s", pa.float32(), nullable=False),
-    pa.field("from_cache", pa.bool_(), nullable=False),
-)
+_RUN = RunConfig()  # the defaults of the `run:` knobs, for a log made without a scenario (tests, benchmarks)
+
 EVENTS = pa.schema(
     [
         pa.field("run_id", pa.string(), nullable=False),
@@ -93,28 +77,6 @@ def events_table(events: list[Event]) -> pa.Table:
 
 def events_from_table(table: pa.Table) -> list[Event]:
     return [Event(**row) for row in table.to_pylist()]
-
-
-# --- part folders (this log's and evaluation.py's PartStore) ------------------------------------------------
-
-
-def part_files(folder: Path) -> list[Path]:
-    """The parts of a part folder, oldest first (of a key written twice, the first write is the one kept)."""
-    return sorted(Path(folder).glob("part-*.parquet"), key=lambda p: p.stat().st_mtime_ns)
-
-
-def merge_parts(files: Sequence[Path], schema: pa.Schema, key: Sequence[str]) -> pa.Table:
-    """The files as one table: one row per key (the first in file order), sorted by key."""
-    table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]) if files else schema.empty_table()
-    seen: set[tuple] = set()
-    keep = []
-    for i, k in enumerate(zip(*(table[c].to_pylist() for c in key), strict=True)):
-        if k not in seen:
-            seen.add(k)
-            keep.append(i)
-    if len(keep) < table.num_rows:
-        table = table.take(pa.array(keep, pa.int64()))
-    return table.sort_by([(c, "ascending") for c in key])
 
 
 # --- macro statistics ----------------------------------------------------------------------------------
@@ -206,95 +168,30 @@ class MacroStats:
 class EventLog:
     """Append-only, idempotent event storage of one run (see the module docstring)."""
 
-    def __init__(self, run_dir: Path, flush_s: float = 0.5, flush_events: int = 20_000):
-        """Events are buffered and written as one part every `flush_s` seconds (or `flush_events` events):
-        one small Parquet file per batch was the largest cost of a cached run. What a crash loses from the
-        buffer was never fed back to the recommender's durable state either: a resume decides it again."""
+    def __init__(self, run_dir: Path, flush_s: float = _RUN.event_flush_s,
+                 flush_events: int = _RUN.event_flush_events):
+        """Events are buffered and written as one part every `flush_s` seconds (or `flush_events` events)."""
         self.run_dir = Path(run_dir)
-        self.flush_s, self.flush_events = flush_s, flush_events
-        self._buffer: list[Event] = []
-        self._last_flush = time.monotonic()
-        self.parts_dir = self.run_dir / "events"
-        self.parts_dir.mkdir(parents=True, exist_ok=True)
-        self.keys: set[tuple[str, str, int, int]] = set()
-        self.duplicates = 0
-        self.writer = uuid.uuid4().hex[:8]
-        self._next_part = 1
+        self.table: PartTable[Event] = PartTable(self.run_dir, RunFolder.EVENTS, EVENTS, KEY, flush_s=flush_s,
+                                                 flush_events=flush_events, to_table=events_table,
+                                                 key_of=lambda e: e.key, keep_parts=True)
+
+    @property
+    def duplicates(self) -> int:
+        return self.table.duplicates
 
     def load_existing(self) -> list[Event]:
         """Events already on disk (resume); their keys count as written."""
-        events = []
-        for part in part_files(self.parts_dir):
-            for event in events_from_table(pq.read_table(part, schema=EVENTS)):
-                if event.key not in self.keys:
-                    self.keys.add(event.key)
-                    events.append(event)
-        return events
+        return events_from_table(self.table.load())
 
     def append(self, events: list[Event]) -> list[Event]:
         """Write the events whose key is new; returns them (the ones to count in the statistics)."""
-        fresh = []
-        for event in events:
-            if event.key in self.keys:
-                self.duplicates += 1
-                continue
-            self.keys.add(event.key)
-            fresh.append(event)
-        self._buffer.extend(fresh)
-        if len(self._buffer) >= self.flush_events or time.monotonic() - self._last_flush >= self.flush_s:
-            self.flush()
-        return fresh
+        return self.table.extend(events)
 
     def flush(self) -> None:
-        """Write the buffered events as one part file (whole or not at all)."""
-        self._last_flush = time.monotonic()
-        if not self._buffer:
-            return
-        path = self.parts_dir / f"part-{self.writer}-{self._next_part:06d}.parquet"
-        self._next_part += 1
-        store.write_parquet(events_table(self._buffer), path)
-        self._buffer = []
+        self.table.flush()
 
     def finalize(self) -> Path:
         """Merge the parts into `events.parquet`, one row per key (the first written), sorted by key."""
-        self.flush()
-        path = self.run_dir / "events.parquet"
-        store.write_parquet(merge_parts(part_files(self.parts_dir), EVENTS, KEY), path)
-        return path
-
-
-class RunLock:
-    """An exclusive lock on a run folder (flock: released by the kernel when its holder dies)."""
-
-    def __init__(self, run_dir: Path, wait_s: float = 120.0):
-        self.path = Path(run_dir) / "run.lock"
-        self.wait_s = wait_s
-        self._fd: int | None = None
-
-    def __enter__(self) -> RunLock:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + self.wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    from alignuser_sim.errors import UserError
-
-                    raise UserError(f"{self.path.parent}: another process is still driving this run") from None
-                time.sleep(0.2)
-        self._fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """A run's JSON file (run.json, stats.json), atomically; values JSON lacks are written as text."""
-    store.write_json(path, data, default=str)
+        self.table.finalize()
+        return self.table.path

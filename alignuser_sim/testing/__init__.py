@@ -1,9 +1,10 @@
-"""Test doubles shared by the project's tests (importable, so other packages' tests can use them):
+"""Test doubles shared by the project's tests (importable, so other packages' tests can use them). Imported
+by tests only, never by production code.
 
 - `ScriptedLLM` (fake_llm): the real LLMClient with the HTTP request replaced by a Python function;
 - `ScriptedServer` (http_server): an OpenAI-compatible HTTP server on a local socket that plays a
   script of replies and faults (500, 429 + Retry-After, slow replies, dropped connections...);
-- `pages`: a page-decision schema and synthetic page prompts for LLM tests and benchmarks.
+- `fake_users`: the scripted user of `bench.fake_users`, in-process or behind a `ScriptedServer`.
 """
 
 from alignuser_sim.testing.fake_llm import (

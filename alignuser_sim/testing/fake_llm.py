@@ -29,7 +29,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from alignuser_sim.llm.client import CallResult, Completion, Endpoint, LLMClient, T, TransportError
+from alignuser_sim.llm.balancer import Endpoint
+from alignuser_sim.llm.client import LLMClient
+from alignuser_sim.llm.protocol import CallResult, T
+from alignuser_sim.llm.transport import Completion, TransportError
 
 _current_output: contextvars.ContextVar[type[BaseModel] | None] = contextvars.ContextVar(
     "_current_output", default=None
@@ -62,9 +65,7 @@ def connection_error() -> TransportError:
 
 
 def http_error(status: int, message: str = "scripted error", retry_after: float | None = None) -> TransportError:
-    retryable = status in (408, 409, 425, 429) or status >= 500
-    return TransportError(f"http_{status}", f"HTTP {status}: {message}", retryable=retryable,
-                          retry_after=retry_after)
+    return TransportError.for_status(status, f"HTTP {status}: {message}", retry_after)
 
 
 def _approx_tokens(text: str) -> int:

@@ -1,16 +1,13 @@
-"""Offline evaluation: Recall@K and NDCG@K of each algorithm on a held-out split.
+"""Offline evaluation: Recall@K and NDCG@K of each algorithm on the held-out split.
 
-Split (deterministic):
-- a dataset with a `split` column (ML-1M Agent4Rec: train/valid/test): fit on `train`, evaluate on
-  `test`; the user's `valid` items are hidden from the ranking too (they are known interactions that
-  are neither training nor target, as RecBole masks them in full-sort evaluation);
-- otherwise, per user, a temporal leave-last-20%-out: the user's interactions ordered by `ts`, then by
-  `seq` (source order), the last floor(20%) go to the test set. Users with fewer than 5 interactions
-  stay whole in training and are not evaluated.
-A test item the user also has in training is dropped from their targets (it can never be ranked).
+Split: the ONE train / held-out split every step agrees on (`data/holdout.py`): the recommender is fitted
+on the training interactions, the very ones learning sees and the simulation's recommender is fitted on, and
+ranked against each user's held-out items (ML-1M as split by Agent4Rec: its `test` split; elsewhere each
+user's last 20% in time). A held-out item the user also has in training is dropped from their targets (it
+can never be ranked); users without a held-out item are not evaluated.
 
 Metrics, binary relevance, averaged over the users with at least one test item; each user's ranking is
-over all catalogue items minus their training (and hidden) items:
+over all catalogue items minus their training items:
     Recall@K = |top-K & test| / |test|
     NDCG@K   = DCG@K / IDCG@K,  DCG@K = sum over hits at rank r (1-based) of 1 / log2(r + 1),
                IDCG@K = sum_{r=1..min(|test|, K)} 1 / log2(r + 1)
@@ -28,55 +25,34 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alignuser_sim.config import RecommenderConfig
+from alignuser_sim.data.holdout import HELDOUT_FRACTION, heldout_mask
 from alignuser_sim.data.tables import Dataset
 from alignuser_sim.errors import UserError
 from alignuser_sim.recommenders import ALGORITHMS, make_recommender
-
-TEST_FRACTION = 0.2
-MIN_INTERACTIONS = 5
+from alignuser_sim.recommenders.base import Recommender
 
 
 @dataclass
 class Split:
     train: pa.Table
     test: dict[str, set[str]]  # user -> held-out items (never in their training)
-    hidden: dict[str, set[str]]  # user -> items excluded from ranking besides training (ML-1M's valid)
     kind: str
 
 
 def split_dataset(ds: Dataset) -> Split:
-    """The held-out split described in the module docstring."""
-    inter = ds.interactions
-    splits = inter["split"]
-    if splits.null_count < inter.num_rows:
-        train = inter.filter(pc.equal(splits, "train"))
-        test = _grouped(inter.filter(pc.equal(splits, "test")))
-        hidden = _grouped(inter.filter(pc.equal(splits, "valid")))
-        if not train.num_rows or not test:
-            raise UserError(f"{ds.name}: the split column needs 'train' and 'test' rows for offline evaluation")
-        kind = "dataset split: train -> test"
-    else:
-        order = inter.sort_by([("user_id", "ascending"), ("ts", "ascending"), ("seq", "ascending")])
-        users = order["user_id"].to_numpy(zero_copy_only=False)
-        n = len(users)
-        starts = np.flatnonzero(np.concatenate([[True], users[1:] != users[:-1]]))
-        ends = np.concatenate([starts[1:], [n]])
-        lengths = ends - starts
-        n_test = np.where(lengths >= MIN_INTERACTIONS, np.floor(lengths * TEST_FRACTION), 0).astype(np.int64)
-        is_test = np.zeros(n, dtype=bool)
-        for end, m in zip(ends, n_test, strict=True):
-            is_test[end - m : end] = True
-        mask = pa.array(is_test)
-        train = order.filter(pc.invert(mask))
-        test = _grouped(order.filter(mask))
-        hidden = {}
-        kind = f"temporal: last {TEST_FRACTION:.0%} of each user's interactions (by ts, seq)"
+    """The held-out split of `data/holdout.py`, as offline metrics need it (targets per user)."""
+    mask = pa.array(heldout_mask(ds.interactions))
+    train = ds.interactions.filter(pc.invert(mask))
+    test = _grouped(ds.interactions.filter(mask))
     trained = _grouped(train)
     test = {u: items - trained.get(u, set()) for u, items in test.items()}
     test = {u: items for u, items in test.items() if items}
     if not test:
         raise UserError(f"{ds.name}: no user has held-out interactions to evaluate on")
-    return Split(train=train, test=test, hidden=hidden, kind=kind)
+    has_split = ds.interactions["split"].null_count < ds.interactions.num_rows
+    kind = ("dataset split: test (+ each user's last rated rows where the test split has no ratings)" if has_split
+            else f"temporal: last {HELDOUT_FRACTION:.0%} of each user's interactions (by ts, seq)")
+    return Split(train=train, test=test, kind=kind)
 
 
 def _grouped(table: pa.Table) -> dict[str, set[str]]:
@@ -84,6 +60,16 @@ def _grouped(table: pa.Table) -> dict[str, set[str]]:
     for user, item in zip(table["user_id"].to_pylist(), table["item_id"].to_pylist(), strict=True):
         out.setdefault(user, set()).add(item)
     return out
+
+
+def ranked_ids(rec: Recommender, users: Sequence[str], k: int) -> list[list[str]]:
+    """Each user's top-`k` unseen item ids from a fitted recommender (its training items are never ranked)."""
+    return [[rec.item_ids[c] for c in codes] for codes in rec.rank(list(users), k, None)]
+
+
+def per_user_recall_ndcg(ranked: Sequence[Sequence[str]], split: Split, users: Sequence[str], k: int) -> np.ndarray:
+    """(users x 2) array: Recall@k and NDCG@k of each user's ranking against their held-out items."""
+    return np.array([recall_ndcg(items, split.test[u], k) for u, items in zip(users, ranked, strict=True)])
 
 
 def recall_ndcg(ranked: Sequence[str], relevant: set[str], k: int) -> tuple[float, float]:
@@ -133,19 +119,12 @@ def evaluate_offline(
         t0 = time.perf_counter()
         rec.fit(split.train, dataset.items)
         fit_s = time.perf_counter() - t0
-        hidden = {
-            u: np.asarray([rec.item_index[i] for i in items if i in rec.item_index], dtype=np.int64)
-            for u, items in split.hidden.items()
-        }
         t0 = time.perf_counter()
-        ranked = rec.rank(users, max(k_values), hidden)
+        ranked = ranked_ids(rec, users, max(k_values))
         rank_s = time.perf_counter() - t0
         row: dict[str, Any] = {"algorithm": name, "users": len(users), "fit_s": fit_s, "rank_s": rank_s}
         for k in k_values:
-            rn = np.array([
-                recall_ndcg([rec.item_ids[c] for c in codes], split.test[u], k)
-                for u, codes in zip(users, ranked, strict=True)
-            ])
+            rn = per_user_recall_ndcg(ranked, split, users, k)
             row[f"recall@{k}"] = float(rn[:, 0].mean())
             row[f"ndcg@{k}"] = float(rn[:, 1].mean())
         rows.append(row)

