@@ -78,7 +78,7 @@ def simulate(scenario: Scenario, out: Path, *, n_shards: int | None = None, serv
     earlier.update(before.tracks)
     sampler = ProcessSampler(classify)
     runner = RayRunner(n_shards=n_shards, cache_path=cache_path, on_start=lambda _plan, _coordinator: sampler.start())
-    plan = plan_run(scenario, out, runner.shard_count(scenario.population.size or 10**9))
+    plan = plan_run(scenario, out, runner.shard_count(scenario.population.max_agents))
     summary = runner(plan)
     sampler.stop()
     gc.collect()  # drop this run's actor handles now (a cycle may hold the coordinator's): its actors exit

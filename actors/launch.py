@@ -35,7 +35,7 @@ from typing import Any
 from alignuser_sim.llm.endpoints import check_endpoints
 from alignuser_sim.llm.launcher import embedded_endpoints
 from alignuser_sim.simulation.runs import RunPlan
-from alignuser_sim.store import RunFolder
+from alignuser_sim.store import VLLM_LOG, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def llm_endpoints(plan: RunPlan, serve_overrides: dict[str, Any] | None = None) 
             yield pool.endpoints(), pool
         return
     host = ray.util.get_node_ip_address() if len(alive_nodes()) > 1 else "127.0.0.1"
-    with embedded_endpoints(scenario.llm, log_path=plan.run_dir / "vllm.log", host=host) as endpoints:
+    with embedded_endpoints(scenario.llm, log_path=plan.run_dir / VLLM_LOG, host=host) as endpoints:
         yield endpoints, None
 
 

@@ -67,6 +67,13 @@ class PopulationConfig(Strict):
     users: list[str] | None = Field(default=None, description="Explicit user ids; overrides size/sampling")
     seed: int | None = Field(default=None, description="Defaults to the scenario seed")
 
+    @property
+    def max_agents(self) -> int:
+        """An upper bound of the population's size before the data is read (shards are sized from it)."""
+        if self.users is not None:
+            return len(self.users)
+        return self.size if self.size is not None else 10**9
+
 
 class RecommenderConfig(Strict):
     algorithm: RecommenderName = "pop"

@@ -153,7 +153,7 @@ class State:
     page: list[str]
     future: frozenset[str] = frozenset()  # items the user consumed after this page (training split): not shown
 
-    def recent(self, views: dict[str, ItemView], n: int = 5) -> str:
+    def recent(self, views: dict[str, ItemView], n: int) -> str:
         if not self.history:
             return "You have not watched anything yet."
         shown = [f"{short_title(views[i]) if i in views else i}" + (f" (rated {r:g})" if r is not None else "")

@@ -266,6 +266,8 @@ def claim(path: Path, fingerprint: dict[str, Any], holds: str) -> dict[str, Any]
 # --- folder layouts ---------------------------------------------------------------------------------------------
 
 SCENARIO_FILE = "scenario.yaml"  # the resolved scenario, in every folder a command writes
+VLLM_LOG = "vllm.log"  # the embedded server's log, in the folder of the command that started it
+LLM_FAILURES = "llm_failures.jsonl"  # one line per failed LLM call, beside the results it concerns
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,7 @@ class RunFolder(_Folder):
 
     @property
     def llm_failures(self) -> Path:
-        return self.path / "llm_failures.jsonl"
+        return self.path / LLM_FAILURES
 
     @property
     def rollouts(self) -> Path:

@@ -84,7 +84,7 @@ def _run(scenario, out: Path, **runner_options):
     from alignuser_sim.simulation.runs import plan_run
 
     runner = RayRunner(**runner_options)
-    plan = plan_run(scenario, out, runner.shard_count(scenario.population.size or 10**9))
+    plan = plan_run(scenario, out, runner.shard_count(scenario.population.max_agents))
     return plan, runner(plan)
 
 

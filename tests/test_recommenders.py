@@ -12,7 +12,7 @@ from alignuser_sim.data import load_dataset
 from alignuser_sim.data.holdout import split_dataset as split_dataset_for_learning
 from alignuser_sim.data.tables import Dataset, make_interactions, make_items
 from alignuser_sim.errors import UserError
-from alignuser_sim.evaluation.offline import evaluate_offline, recall_ndcg, split_dataset
+from alignuser_sim.evaluation.offline import evaluate_offline, offline_split, recall_ndcg
 from alignuser_sim.recommenders import ALGORITHMS, make_recommender
 
 # tiny-data settings: LightGCN needs more passes over 240 edges than its defaults give
@@ -274,7 +274,7 @@ def temporal_dataset() -> Dataset:
 
 def test_temporal_split_and_pop_metrics_by_hand():
     ds = temporal_dataset()
-    split = split_dataset(ds)
+    split = offline_split(ds)
     assert split.test == {"u1": {"t"}, "u2": {"s"}, "u3": {"x"}, "u4": {"r"}}
     assert split.train.num_rows == 14
     # the same split learning and the micro evaluation use
@@ -297,7 +297,7 @@ def test_dataset_split_column_holds_out_test_rows_and_trains_on_valid():
     )
     ids = ["p", "q", "r", "s"]
     ds = Dataset("split", inter, make_items(ids, ids, [[]] * 4), users_of(inter))
-    split = split_dataset(ds)
+    split = offline_split(ds)
     assert split.test == {"u1": {"s"}}
     # u1's valid item r is training (as for learning): seen, so never ranked; s (2) beats q (1) for u1
     (row,) = evaluate_offline(ds, ["pop"], k_values=(1,), seed=0)

@@ -14,9 +14,11 @@ from alignuser_sim.api.hooks import LogReporter, OnProgress, Reporter, Runner
 from alignuser_sim.api.results import CompareResult, EvalResult, LearningResult, ReportResult, SimulationResult
 from alignuser_sim.config import Scenario, load_scenario
 from alignuser_sim.errors import UserError
+from alignuser_sim.store import VLLM_LOG
 
 if TYPE_CHECKING:
     from alignuser_sim.config import LLMConfig
+    from alignuser_sim.llm.client import LLMClient
     from alignuser_sim.llm.protocol import StructuredLLM
     from alignuser_sim.simulation.runs import RunPlan
 
@@ -33,7 +35,7 @@ def _scenario(scenario: Scenario | str | Path) -> Scenario:
     return load_scenario(Path(scenario))
 
 
-async def _closing(work: Coroutine[Any, Any, R], llm: Any) -> R:
+async def _closing(work: Coroutine[Any, Any, R], llm: LLMClient) -> R:
     try:
         return await work
     finally:
@@ -99,7 +101,7 @@ def simulate(scenario: Scenario | str | Path | None = None, *, out: Path | None 
         plan = resume_plan(Path(resume))
     else:
         sc = _scenario(scenario)  # type: ignore[arg-type]
-        plan = plan_run(sc, Path(out) if out is not None else None, runner.shard_count(sc.population.size or 10**9))
+        plan = plan_run(sc, Path(out) if out is not None else None, runner.shard_count(sc.population.max_agents))
     reporter.note(f"run {plan.run_id}: {plan.agents:,} agents in {len(plan.shards)} shards; folder {plan.run_dir} "
                   f"(resume with `alignuser-sim run --resume {plan.run_dir}`)")
     summary = runner(plan, on_progress)
@@ -234,8 +236,8 @@ def _simulate_all_on_endpoints(sc: Scenario, names: list[str], folder: Path, one
     from alignuser_sim.llm.launcher import embedded_endpoints
 
     if not sc.llm.endpoints:
-        reporter.note(embedded_note(folder / "vllm.log"))
-    with embedded_endpoints(sc.llm, log_path=folder / "vllm.log") as endpoints:
+        reporter.note(embedded_note(folder / VLLM_LOG))
+    with embedded_endpoints(sc.llm, log_path=folder / VLLM_LOG) as endpoints:
         simulate_all(sc, names, folder, one_run, endpoints, on_start=on_run)
 
 

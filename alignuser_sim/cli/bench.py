@@ -28,6 +28,7 @@ import typer
 from rich.console import Console
 
 from alignuser_sim.errors import UserError
+from alignuser_sim.store import VLLM_LOG
 
 if TYPE_CHECKING:
     from alignuser_sim.simulation.runs import RunPlan
@@ -133,7 +134,7 @@ def _server(endpoint: str | None, log_dir: Path) -> Iterator[tuple[str, str | No
 
     err.print("starting the embedded vLLM server (on a shared machine run this under "
               "`flock /tmp/alignuser-sim-vllm.lock`) ...")
-    with VLLMServer(served_model_name="smollm2", log_path=log_dir / "vllm.log") as server:
+    with VLLMServer(served_model_name="smollm2", log_path=log_dir / VLLM_LOG) as server:
         err.print(f"vLLM ready in {server.start_seconds:.0f} s at {server.base_url}")
         yield server.base_url, server.model
 

@@ -24,6 +24,7 @@ from typer.core import TyperGroup
 
 from alignuser_sim.cli.common import Bar, err, exit_on_interrupt, llm_client, out, reporter
 from alignuser_sim.errors import UserError
+from alignuser_sim.store import LearningFolder
 
 
 class _DefaultRun(TyperGroup):
@@ -159,7 +160,7 @@ def worldmodel(
     out.print(_scores_table(f"world model: next-state accuracy ({summary['personas']} personas)", {
         "without examples": scores[0], f"with up to {n} examples": scores[n]}))
     calls = summary["llm"].get("calls", 0)
-    out.print(f"LLM calls {calls:,} in {summary['wall_s']:.1f}s; written: {where / 'worldmodel_eval.json'}")
+    out.print(f"LLM calls {calls:,} in {summary['wall_s']:.1f}s; written: {where / LearningFolder.WORLD_MODEL_EVAL}")
 
 
 @app.command("export")

@@ -43,14 +43,14 @@ def offline(
     The scenario's own recommender params apply to its algorithm; the others use their defaults.
     """
     from alignuser_sim.data import load_dataset
-    from alignuser_sim.evaluation.offline import check_algorithms, evaluate_offline, split_dataset
+    from alignuser_sim.evaluation.offline import check_algorithms, evaluate_offline, offline_split
 
     names = check_algorithms(recommenders.split(","))
     k_values = _k_values(k)
     scenario = load_scenario(scenario_file)
     with err.status(f"loading {scenario.dataset.name}"):
         ds = load_dataset(scenario.dataset)
-        split = split_dataset(ds)
+        split = offline_split(ds)
     params = {scenario.recommender.algorithm: dict(scenario.recommender.params)}
     rows = []
     for name in names:

@@ -32,7 +32,9 @@ def _loader(name: str):
 
 def _fingerprint(cfg: DatasetConfig, sources: list[Path], module) -> str:
     # the loader's own code is part of the key: a fixed loader must not be served a stale cache
-    code = hashlib.sha1(Path(module.__file__).read_bytes() + Path(__file__).read_bytes()).hexdigest()
+    here = Path(__file__).parent  # the loader, this module and the shared reading/table code decide the tables
+    code = hashlib.sha1(b"".join(p.read_bytes() for p in (Path(module.__file__), Path(__file__), here / "files.py",
+                                                         here / "tables.py"))).hexdigest()
     stats = [code]
     for src in sources:
         files = sorted(p for p in src.rglob("*") if p.is_file()) if src.is_dir() else [src]

@@ -1,10 +1,12 @@
 """Offline evaluation: Recall@K and NDCG@K of each algorithm on the held-out split.
 
-Split: the ONE train / held-out split every step agrees on (`data/holdout.py`): the recommender is fitted
-on the training interactions, the very ones learning sees and the simulation's recommender is fitted on, and
-ranked against each user's held-out items (ML-1M as split by Agent4Rec: its `test` split; elsewhere each
-user's last 20% in time). A held-out item the user also has in training is dropped from their targets (it
-can never be ranked); users without a held-out item are not evaluated.
+Split: the ONE train / held-out split learning and the micro evaluation agree on (`data/holdout.py`): the
+recommender is fitted on the training interactions, the very ones learning sees, and ranked against each
+user's held-out items (ML-1M as split by Agent4Rec: its `test` split, plus each user's last 20% of rated rows
+since that split holds no ratings; elsewhere each user's last 20% in time). A live simulation's recommender
+is fitted on all interactions instead: it serves the users as a platform would, it is not being scored.
+A held-out item the user also has in training is dropped from their targets (it can never be ranked); users
+without a held-out item are not evaluated.
 
 Metrics, binary relevance, averaged over the users with at least one test item; each user's ranking is
 over all catalogue items minus their training items:
@@ -39,7 +41,7 @@ class Split:
     kind: str
 
 
-def split_dataset(ds: Dataset) -> Split:
+def offline_split(ds: Dataset) -> Split:
     """The held-out split of `data/holdout.py`, as offline metrics need it (targets per user)."""
     mask = pa.array(heldout_mask(ds.interactions))
     train = ds.interactions.filter(pc.invert(mask))
@@ -110,7 +112,7 @@ def evaluate_offline(
     k_values = sorted({int(k) for k in k_values})
     if not k_values or k_values[0] <= 0:
         raise UserError("--k: every K must be > 0")
-    split = split or split_dataset(dataset)
+    split = split or offline_split(dataset)
     users = sorted(split.test)
     rows = []
     for name in algorithms:

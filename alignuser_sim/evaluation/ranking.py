@@ -126,7 +126,7 @@ def offline_per_user(scenario: Scenario, names: Sequence[str], folder: Path,
     """Per-user Recall@K / NDCG@K of each algorithm, as `evaluation/offline.evaluate_offline` computes them
     (same split, same masking), kept per user for the bootstrap; cached in `offline.parquet`."""
     from alignuser_sim.data import load_dataset
-    from alignuser_sim.evaluation.offline import per_user_recall_ndcg, ranked_ids, split_dataset
+    from alignuser_sim.evaluation.offline import offline_split, per_user_recall_ndcg, ranked_ids
     from alignuser_sim.recommenders import make_recommender
 
     k = scenario.eval.k
@@ -137,7 +137,7 @@ def offline_per_user(scenario: Scenario, names: Sequence[str], folder: Path,
     if not todo:
         return table
     ds = load_dataset(scenario.dataset)
-    split = split_dataset(ds)
+    split = offline_split(ds)
     users = sorted(split.test)
     parts = [table]
     for name in todo:

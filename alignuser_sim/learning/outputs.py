@@ -8,7 +8,7 @@
     reflections.parquet           each reflection: reasoning, mistakes, lessons
     lessons.parquet               the lesson memories (`agent.memory`)
     summary.json                  what the last `learn` reports
-    worldmodel_eval.json          what the last `learn --eval-world-model` reports
+    worldmodel_eval.json          what the last `learn worldmodel` reports
 
 The Parquet files are views of the journal, rewritten whole after every run (`consolidate`), so they never
 disagree with it. The files the simulation's agents read are named on the agent's side.

@@ -52,10 +52,11 @@ from alignuser_sim.llm.protocol import CallResult, T, Usage
 from alignuser_sim.llm.retry import RetryPolicy, derived_seed
 from alignuser_sim.llm.schemas import json_schema_for, response_format_for, validate_reply
 from alignuser_sim.llm.transport import Completion, TransportError, openai_client, send_chat
+from alignuser_sim.store import LLM_FAILURES
 
 log = logging.getLogger("alignuser_sim.llm")
 
-FAILURES_FILE = "llm_failures.jsonl"
+FAILURES_FILE = LLM_FAILURES
 VALIDATION_FAILURES = ("invalid_json", "schema", "length")  # the reply's fault: cached like a success
 _DEFAULT = LLMConfig()  # the one source of the client's defaults
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from alignuser_sim.errors import UserError
+from alignuser_sim.store import VLLM_LOG
 
 if TYPE_CHECKING:
     from alignuser_sim.config import LLMConfig
@@ -44,7 +45,7 @@ def open_client(config: LLMConfig, folder: Path, note: Callable[[str], None] | N
     from alignuser_sim.llm.launcher import embedded_endpoints
 
     folder.mkdir(parents=True, exist_ok=True)
-    log_path = folder / "vllm.log"
+    log_path = folder / VLLM_LOG
     if not config.endpoints and note is not None:
         note(embedded_note(log_path))
     with embedded_endpoints(config, log_path=log_path) as endpoints:

@@ -1,7 +1,7 @@
 """Evaluation metrics as pure functions over numpy arrays (no files, no LLM): micro (classification and
 rating error), macro (distribution distances), ranking agreement (Kendall tau), and the user bootstrap that
-puts a 95% interval on each. The runners that produce their inputs are `evaluation.py` (micro),
-`compare.py` (ranking) and `report.py` (macro from a run folder)."""
+puts a 95% interval on each. The runners that produce their inputs live in `evaluation/`: `micro.py`
+and `summary.py` (micro), `ranking.py` (ranking), `macro.py` (macro from a run folder)."""
 
 from alignuser_sim.metrics.bootstrap import Estimate, bootstrap
 from alignuser_sim.metrics.macro import kl_divergence, total_variation, wasserstein

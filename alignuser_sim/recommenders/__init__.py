@@ -3,7 +3,7 @@
 All share one interface (`Recommender` in base.py): `fit(interactions, items)`, `page`/`pages` (ranked
 unseen items, batched), `feedback(user, watched, shown)` and `state_dict`/`load_state_dict` for the
 per-user dynamic state. `make_recommender(scenario.recommender, seed)` builds the scenario's one.
-Offline Recall/NDCG: `offline.evaluate_offline`; command line: `alignuser-sim recommenders offline`.
+Offline Recall/NDCG: `evaluation/offline.evaluate_offline`; command line: `alignuser-sim recommenders offline`.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ A run folder (`store.RunFolder` names its files) holds `scenario.yaml` (the reso
 replayed pages identical. The scenario's `run:` section paces the loop (`RunPlan.driver`, `RunPlan.event_log`).
 
 `run_local` drives a run in this process (tests, notebooks); `actors/launch.py` drives the same plan
-on Ray. Both use `simulation.Driver`.
+on Ray. Both use `simulation.driver.Driver`.
 """
 
 from __future__ import annotations
