@@ -15,6 +15,7 @@ the grammar and only lengthen it. The result is cached per model class.
 from __future__ import annotations
 
 import copy
+import json
 import re
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -90,3 +91,68 @@ def validate_reply(
         where = ".".join(str(p) for p in first["loc"])
         error = f"{where}: {first['msg']}" if where else first["msg"]
         return None, kind, error
+
+
+# --- reply budgets ----------------------------------------------------------------------------------------
+
+_SCALARS = {"boolean": 5, "null": 4, "number": 24}  # "false"; "null"; a float's longest plain repr
+
+
+def worst_case_chars(schema: dict[str, Any], defs: dict[str, Any] | None = None) -> int | None:
+    """The length of the longest compact JSON text `schema` admits, or None when it admits unbounded ones (a
+    string without maxLength, an array without maxItems, an object open to extra keys).
+
+    A grammar-constrained server without whitespace (xgrammar, `disable_any_whitespace`) writes exactly
+    compact JSON, so this bounds a reply: a token covers at least one character of ASCII text, so the bound
+    in characters is a bound in tokens. Strings are counted as ASCII without escapes (`maxLength` characters);
+    a reply of quotes or non-ASCII text could exceed it, which is why free text gets a margin (`reply_budget`).
+    """
+    if defs is None:
+        defs = schema.get("$defs", {})
+    if "$ref" in schema:
+        return worst_case_chars(defs[schema["$ref"].rsplit("/", 1)[-1]], defs)
+    if "const" in schema:
+        return len(json.dumps(schema["const"], separators=(",", ":")))
+    if "enum" in schema:
+        return max(len(json.dumps(v, separators=(",", ":"))) for v in schema["enum"]) if schema["enum"] else 0
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            sizes = [worst_case_chars(s, defs) for s in schema[key]]
+            return None if any(s is None for s in sizes) else max(sizes)  # type: ignore[type-var]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        sizes = [worst_case_chars({**schema, "type": k}, defs) for k in kind]
+        return None if any(s is None for s in sizes) else max(sizes)  # type: ignore[type-var]
+    if kind == "string":
+        return None if "maxLength" not in schema else 2 + int(schema["maxLength"])
+    if kind == "integer":
+        lo, hi = schema.get("minimum"), schema.get("maximum")
+        return 20 if lo is None or hi is None else max(len(str(int(lo))), len(str(int(hi))))
+    if kind in _SCALARS:
+        return _SCALARS[kind]
+    if kind == "array":
+        if "maxItems" not in schema:
+            return None
+        n = int(schema["maxItems"])
+        item = worst_case_chars(schema.get("items", {}), defs) if n else 0
+        return None if item is None else 2 + n * item + max(0, n - 1)
+    if kind == "object" or "properties" in schema:
+        if schema.get("additionalProperties", True) is not False:
+            return None
+        total = 2
+        props = schema.get("properties", {})
+        for name, sub in props.items():
+            size = worst_case_chars(sub, defs)
+            if size is None:
+                return None
+            total += len(json.dumps(name)) + 1 + size
+        return total + max(0, len(props) - 1)
+    return None
+
+
+def reply_budget(schema: dict[str, Any], fallback: int, margin: float = 0.1, extra: int = 16) -> int:
+    """`max_tokens` for a reply under `schema`: its worst case plus a margin when bounded (so no reply the
+    schema admits can be cut at the budget, whatever the ids or genre names), else `fallback` (the scenario's
+    `llm.sampling.max_tokens`)."""
+    chars = worst_case_chars(schema)
+    return fallback if chars is None else int(chars * (1 + margin)) + extra
