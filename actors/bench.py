@@ -28,14 +28,16 @@ ACTOR_GROUPS = (("ray::PersonaShard", "shards"), ("ray::Coordinator", "coordinat
 
 def scale_scenario(agents: int, pages: int, endpoint: str, out: Path, *, concurrency: int, dataset: str = "steam",
                    model: str = "smollm2", cache: str = "off", sampling: dict[str, Any] | None = None,
-                   seed: int = 1) -> Scenario:
-    """The benchmark's scenario: the dataset's first `agents` users, Pop, 4 items a page."""
+                   seed: int = 1, reasoning: str | None = None) -> Scenario:
+    """The benchmark's scenario: the dataset's first `agents` users, Pop, 4 items a page; `reasoning` sets
+    `policy.reasoning` (the decision format; None: the scenario default)."""
     llm: dict[str, Any] = {"endpoints": [endpoint], "cache": cache, "concurrency": concurrency, "model": model,
                            "timeout_s": 900}
     if sampling:
         llm["sampling"] = sampling
+    extra: dict[str, Any] = {"policy": {"reasoning": reasoning}} if reasoning is not None else {}
     return scenario_from_dict({
-        "name": f"bench-{agents}", "seed": seed, "dataset": {"name": dataset},
+        **extra, "name": f"bench-{agents}", "seed": seed, "dataset": {"name": dataset},
         "population": {"size": agents, "sampling": "first"},
         "recommender": {"algorithm": "pop"}, "pages": {"count": pages, "items_per_page": 4},
         "llm": llm, "output_dir": str(out),
@@ -96,6 +98,7 @@ def simulate(scenario: Scenario, out: Path, *, n_shards: int | None = None, serv
         "prompt_tokens": summary["prompt_tokens"], "completion_tokens": summary["completion_tokens"],
         "latency_p50_s": summary["latency_p50_s"], "latency_p99_s": summary["latency_p99_s"],
         "startup_s": summary.get("startup_s"), "shard_restarts": summary.get("shard_restarts", 0),
+        "prefix_cache_hit_rate": (llm.get("prefix_cache") or {}).get("hit_rate"),
         "cpu_s": round(framework_cpu, 2),
         "cpu_ms_per_agent": round(framework_cpu / plan.agents * 1000, 3),
         "cpu_ms_per_decision": round(framework_cpu / max(1, summary["decisions"]) * 1000, 3),

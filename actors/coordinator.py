@@ -6,7 +6,8 @@ on the LLM server (each shard holds at most one request per agent; its client ha
 survives a shard being killed or its node lost (the actor restarts, on another node if need be; its
 agents are restored from the logged events, once per new process, and the requests not answered yet are
 decided again on the same pages), and answers `progress()` while it runs so the CLI can draw a progress
-bar.
+bar. Around the loop it reads the LLM servers' prefix-cache counters (`llm.metrics.PrefixCacheProbe`) for
+stats.json's `llm.prefix_cache`: the coordinator is the one that knows the endpoints as they change.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from alignuser_sim.llm.accounting import Accounting
+from alignuser_sim.llm.metrics import PrefixCacheProbe
 from alignuser_sim.simulation.driver import Driver, PageRequest
 from alignuser_sim.simulation.events import Event
 from alignuser_sim.simulation.runs import RunPlan, finish_run
@@ -151,7 +153,7 @@ class Coordinator:
         # the recommender holds the run's state and is not restartable: it lives on the coordinator's node
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
         recommender = RecommenderActor.options(scheduling_strategy=here).remote(
-            scenario.recommender, scenario.seed, plan.dataset.interactions, items_ref)
+            scenario.recommender, scenario.seed, plan.dataset.interactions, items_ref, plan.run_id)
         by_id = {p.user_id: p for p in plan.personas}
         for i, ids in plan.shards.items():
             self.shards[i] = PersonaShard.options(**self.shard_options).remote(
@@ -170,12 +172,15 @@ class Coordinator:
             await recommender.replay.remote(rounds, scenario.pages.items_per_page)
             self._on_events(existing)
             await asyncio.gather(*(self.shards[i].restore.remote(self.events_by_shard[i]) for i in self.shards))
+        probe = await asyncio.to_thread(PrefixCacheProbe(list(self.endpoints)).start)
         t0, started_at = time.perf_counter(), time.time()
         stats = await self.driver.run()
         elapsed, ended_at = time.perf_counter() - t0, time.time()
+        prefix_cache = await asyncio.to_thread(probe.stop, list(self.endpoints))  # a replaced replica counts too
         snapshots = await asyncio.gather(*(h.llm_snapshot.remote() for h in self.shards.values()))
         llm = Accounting.merge_snapshots(snapshots)
-        summary = finish_run(plan, self.event_log, stats, llm, elapsed, self.driver.agents_done)
+        summary = finish_run(plan, self.event_log, stats, llm, elapsed, self.driver.agents_done, prefix_cache,
+                             await recommender.stats.remote())
         summary["shard_restarts"] = self.restarts
         summary["startup_s"] = round(self.startup_s, 2)
         summary["loop_wall_clock"] = {"started": started_at, "ended": ended_at}  # for benchmarks' CPU sampling

@@ -1,4 +1,5 @@
-"""RecommenderActor: one fitted recommender serving pages in batches and taking feedback."""
+"""RecommenderActor: one fitted recommender (built-in, plug-in or HTTP client) serving pages in batches and
+taking feedback; `stats()` is what it reports for stats.json (an HTTP service's latency and reply problems)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ from typing import Any
 import ray
 
 from alignuser_sim.config import RecommenderConfig
-from alignuser_sim.recommenders import make_recommender
+from alignuser_sim.recommenders import make_recommender, recommender_stats, replay
 
 
 @ray.remote(num_cpus=0)
 class RecommenderActor:
-    def __init__(self, config: RecommenderConfig, seed: int, interactions: Any, items: Any):
-        self.recommender = make_recommender(config, seed=seed).fit(interactions, items)
+    def __init__(self, config: RecommenderConfig, seed: int, interactions: Any, items: Any,
+                 run_id: str | None = None):
+        self.recommender = make_recommender(config, seed=seed, run_id=run_id).fit(interactions, items)
 
     def ping(self) -> bool:
         return True
@@ -25,10 +27,12 @@ class RecommenderActor:
         return self.recommender.feedback_batch(batch)
 
     def replay(self, by_page: list[list[tuple[str, dict[str, float | None], list[str]]]], k: int) -> int:
-        """Resume: serve each logged page again (pages are deterministic given the state), then apply its
-        feedback, page by page, so the state equals the interrupted run's."""
-        n = 0
-        for batch in by_page:
-            self.recommender.pages([user for user, _, _ in batch], k)
-            n += self.feedback(batch)
-        return n
+        """Resume: rebuild the recommender's state from the logged feedback, page round by page round, so it
+        equals the interrupted run's (`recommenders.replay`: an HTTP service gets the same keys again)."""
+        return replay(self.recommender, by_page, k)
+
+    def stats(self) -> dict[str, Any]:
+        flush = getattr(self.recommender, "flush", None)
+        if callable(flush):
+            flush()  # feedback kept after a failure: one more try before the run's numbers are taken
+        return recommender_stats(self.recommender)

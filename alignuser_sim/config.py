@@ -75,9 +75,58 @@ class PopulationConfig(Strict):
         return self.size if self.size is not None else 10**9
 
 
+BUILTIN_RECOMMENDERS: tuple[str, ...] = RecommenderName.__args__
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # a plug-in class: "package.module:Class"
+_PLUGIN_NAME = re.compile(r"^[A-Za-z][\w-]*$")  # a name an installed package registered (entry point)
+
+
+def recommender_name_problem(name: Any) -> str | None:
+    """Why `name` cannot name a recommender (None: it can). The form only: whether a plug-in imports and keeps
+    the contract is checked at plan time (`recommenders.plugins.check_recommender`), before any actor starts."""
+    if not isinstance(name, str) or not (_IMPORT_PATH.match(name) or _PLUGIN_NAME.match(name)):
+        return (f"'{name}' is not a recommender: one of {', '.join(BUILTIN_RECOMMENDERS)}, http, a plug-in class "
+                "'package.module:Class' or a name registered in the 'alignuser_sim.recommenders' entry points")
+    return None
+
+
 class RecommenderConfig(Strict):
-    algorithm: RecommenderName = "pop"
+    """The recommender the agents are served by: a built-in, a plug-in class (import path or entry-point
+    name; `params` go to its constructor) or `http`, a service speaking docs/recommender-protocol.md."""
+
+    algorithm: str = Field(default="pop", description="random | pop | itemknn | mf | lightgcn | http | "
+                           "package.module:Class | an entry-point name (group alignuser_sim.recommenders)")
     params: dict[str, Any] = Field(default_factory=dict)
+    # http only
+    url: str | None = Field(default=None, description="http: the service's base URL")
+    timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(default=10.0, description="http: per request")
+    batch_size: Annotated[int, Field(gt=0, le=100_000)] = Field(
+        default=256, description="http: users per /recommend request, events per /feedback request")
+    max_retries: Annotated[int, Field(ge=0, le=20)] = Field(
+        default=4, description="http: retries of a request that failed transiently (connection, timeout, 5xx, 429)")
+    backoff_base_s: Annotated[float, Field(ge=0, le=600)] = Field(
+        default=0.2, description="http: first retry's backoff; doubles per retry (equal jitter)")
+    backoff_max_s: Annotated[float, Field(ge=0, le=3600)] = Field(default=5.0, description="http: backoff cap")
+    fit: bool = Field(default=True, description="http: send the training interactions to POST /fit (false: the "
+                      "service keeps the model it has)")
+
+    @field_validator("algorithm")
+    @classmethod
+    def _algorithm_form(cls, value: str) -> str:
+        problem = recommender_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @model_validator(mode="after")
+    def _url_for_http(self) -> RecommenderConfig:
+        if self.algorithm == "http":
+            if not self.url or not re.match(r"^https?://", self.url):
+                raise ValueError("url: algorithm http needs the service's http(s) URL")
+            if self.params:
+                raise ValueError("params: not for algorithm http (the service has its own)")
+        elif self.url is not None:
+            raise ValueError("url: only for algorithm http")
+        return self
 
 
 class PagesConfig(Strict):
@@ -165,10 +214,6 @@ class LearningConfig(Strict):
         default="auto", description="Lesson retrieval: all-MiniLM-L6-v2 if installed (auto), else lexical")
     taste: Literal["auto", "off"] = Field(
         default="auto", description="auto: the LLM writes taste text for personas without one (training split)")
-    reflection_max_tokens: Annotated[int, Field(gt=0, le=32768)] = Field(
-        default=600, description="Token cap of one reflection reply (reasoning + lessons)")
-    taste_max_tokens: Annotated[int, Field(gt=0, le=32768)] = Field(
-        default=200, description="Token cap of one LLM-written taste text")
     folder: Path | None = Field(default=None, description="Learning folder; None: OUTPUT_DIR/NAME/learning")
 
 
@@ -186,6 +231,9 @@ class PolicyConfig(Strict):
     world_model_k: Annotated[int, Field(ge=0, le=10)] = 2
     history_size: Annotated[int, Field(ge=0, le=100)] = Field(
         default=5, description="Recently watched items shown in a prompt (simulation, learning, export)")
+    reasoning: Literal["none", "brief", "full"] = Field(
+        default="full", description="Decision format: none (watched + ratings + exit), brief (+ one short "
+        "thought), full (+ a thought and a feeling per item); see agent/decision.py")
 
     @property
     def use_lessons(self) -> bool:
@@ -211,9 +259,19 @@ class EvalConfig(Strict):
     positives_per_user: Annotated[int, Field(gt=0, le=50)] = 4
     items_per_page: Annotated[int, Field(ge=2, le=50)] = 10
     bootstrap: Annotated[int, Field(ge=0, le=100_000)] = 1000
-    recommenders: list[RecommenderName] = Field(
+    recommenders: list[str] = Field(
         default_factory=lambda: ["random", "pop", "itemknn", "mf", "lightgcn"],
-        description="`alignuser-sim compare`: the recommenders ranked")
+        description="`alignuser-sim compare`: the recommenders ranked: built-ins, plug-ins (import path or "
+                    "entry-point name; defaults params) and http (the scenario's own `recommender:` section)")
+
+    @field_validator("recommenders")
+    @classmethod
+    def _recommender_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            problem = recommender_name_problem(name)
+            if problem:
+                raise ValueError(problem)
+        return value
     k: Annotated[int, Field(gt=0, le=1000)] = 20
     flush_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=1.0, description="How often finished decisions are written as a Parquet part")

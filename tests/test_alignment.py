@@ -15,6 +15,7 @@ from alignuser_sim.data.personas import Persona
 from alignuser_sim.learning.inputs import prepare
 from alignuser_sim.learning.learner import run_learning
 from alignuser_sim.learning.reflection import Reflection, clean_lessons, reflection_messages, sample_alternatives
+from alignuser_sim.learning.wording import item_lines
 from alignuser_sim.testing import ScriptedLLM
 
 pytestmark = pytest.mark.timeout(120)
@@ -57,11 +58,23 @@ def test_reflection_prompt_contrasts_the_human_with_the_alternatives():
     system, user = reflection_messages(PERSONA.describe(), STATE, human, t_human, [alt], [t_alt], VIEWS)
     assert "You love animation." in system["content"] and "Toy Story" not in system["content"]
     text = user["content"]
-    assert "What the real person did: watched Toy Story (1995) (id 1, rated 5); then went on" in text
-    assert "(mostly Comedy); it holds 2 items the person really watched later" in text
-    assert "- watched Scream (1996) (id 3, rated 2); then left (exit)." in text
-    assert "Next visit would start with: 7; 8 (mostly Horror); it holds 0 items" in text
+    assert "What the real person did: watched P1 (rated 5); then went on" in text  # its place on the page
+    assert "P1. Toy Story (1995) (Animation, Comedy)\nP2. Heat (1995) (Action)\n" in text
+    assert "(mostly Comedy; 2 watched later)" in text
+    assert "- watched P3 (rated 2); then left (exit)." in text
+    assert "Next visit would start with: (untitled item); (untitled item) (mostly Horror; 0 watched later)" in text
+    assert "id " not in text  # items by title: ids say nothing and only lengthen the prompt
     assert text.index("You recently watched") < text.index("Recommended items")
+    assert "how many of those items the person really watched later" in system["content"]  # said once
+
+
+def test_reflection_prompt_says_shared_genres_once():
+    views = {i: ItemView(i, f"Game {i}", ("Video Games", "PC", f"Kind {i}")) for i in STATE.page}
+    human, alt = Action.of({"1": 5.0}, exit=False), Action.of({}, exit=True)
+    truth = NextState(["2"], ["Video Games"], True, [], hits=0)
+    _, user = reflection_messages(PERSONA.describe(), STATE, human, truth, [alt], [truth], views)
+    assert "(every item: Video Games, PC)\nP1. Game 1 (Kind 1)\nP2. Game 2 (Kind 2)" in user["content"]
+    assert user["content"].count("Video Games, PC") == 1
 
 
 def test_clean_lessons_drops_item_specific_short_and_repeated():
@@ -126,7 +139,7 @@ def test_lessons_are_extracted_merged_capped_and_retrieved(small):
     uid = inputs.users[0]
     step = inputs.sampled_steps(uid)[0]
     page = inputs.steps[uid][step].items
-    marker = f"- id {page[0]}: {inputs.views[page[0]].title}"
+    marker = item_lines(page, inputs.views, tags=True)  # this page's block of the prompt
     llm = ScriptedLLM(scripted_world(inputs.views, broken_marker=marker))
     summary = asyncio.run(run_learning(inputs, llm))
     folder = scenario.learning_dir()

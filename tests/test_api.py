@@ -102,7 +102,7 @@ def test_compare_and_report(scenario, run, tmp_path):
 
 def learning_llm():
     """A persona that answers every learning call: taste, page decisions (exits every other page), world-model
-    predictions (every candidate next, the session goes on) and reflections with one lesson."""
+    predictions (the first page of candidates next, the session goes on) and reflections with one lesson."""
     from alignuser_sim.bench.fake_users import fake_decision
 
     def respond(req):
@@ -115,7 +115,7 @@ def learning_llm():
             return {"reasoning": "Dramas are what I come for.", "mistakes": "Popular picks.",
                     "lessons": [{"text": "Pick the drama over the blockbuster.", "tag": "genre"}]}
         outcome = req.schema["$defs"]["Outcome"]["properties"]  # a world-model prediction
-        return {"outcomes": {label: {"next": {c: True for c in outcome["next"]["required"]}, "genres": [],
+        return {"outcomes": {label: {"next": list(range(1, outcome["next"]["maxItems"] + 1)), "genres": [],
                                      "continues": True} for label in req.schema["properties"]["outcomes"]["required"]}}
 
     return ScriptedLLM(respond)

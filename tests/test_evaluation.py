@@ -323,3 +323,43 @@ def test_new_learning_is_not_mixed_with_decisions_made_without_it(tmp_path):
     pq.write_table(pa.table({"user_id": ["x"], "taste": ["likes noir"]}), learning / "tastes.parquet")  # this does
     with pytest.raises(UserError, match="learning folder"):
         plan_eval(scenario, tmp_path / "eval")
+
+
+@pytest.mark.parametrize("reasoning", ["none", "brief"])
+def test_compact_formats_answer_pages_and_ratings_by_position(tmp_path, reasoning):
+    """The oracle again, answering by the number each item is listed under: positions map back to the ids."""
+    from alignuser_sim.agent.decision import numbered_lines
+    from alignuser_sim.core import Catalogue
+
+    scenario = make_scenario(tmp_path)
+    scenario.policy.reasoning = reasoning
+    plan = plan_eval(scenario, tmp_path / "eval")
+    catalogue = Catalogue(plan.dataset.items)
+    tasks = pending_tasks(plan, set(), set())
+    positives = {numbered_lines(catalogue.page(t.items)): [str(n) for n, p in enumerate(t.positive, 1) if p]
+                 for t in tasks if t.ratio is not None}
+
+    def respond(request):
+        props, prompt = request.schema["properties"], request.messages[-1]["content"]
+        thought = {"thought": "short"} if "thought" in props else {}
+        assert "- id " not in prompt  # the items are listed by number only
+        if "watched" in props:
+            (listing,) = [text for text in positives if prompt.endswith(text)]
+            return {**thought, "watched": {p: 4 for p in positives[listing]}, "exit": False}
+        return {**thought, "ratings": {p: 1 + int(p) % 5 for p in props["ratings"]["properties"]}}
+
+    llm = ScriptedLLM(respond)
+    summary = run(plan, llm)
+    names = {"none": ("CompactDecision", "PositionRatings"), "brief": ("BriefDecision", "BriefRatings")}[reasoning]
+    assert {r.output.__name__ for r in llm.requests} == set(names)
+    for row in summary["micro"]:
+        for metric in ("accuracy", "precision", "recall", "f1"):
+            assert row[metric]["value"] == 1.0
+    stored = open_stores(plan.folder)[1].load().to_pylist()
+    assert len(stored) == len(plan.cases)
+    for row in stored:
+        assert row["predicted"] == [1 + n % 5 for n in range(1, len(row["items"]) + 1)] and row["invalid_ids"] == 0
+    # a folder evaluated in one format is refused to another (their decisions would mix)
+    scenario.policy.reasoning = "full"
+    with pytest.raises(UserError, match="reasoning"):
+        plan_eval(scenario, tmp_path / "eval")

@@ -21,7 +21,8 @@ from alignuser_sim.data import load_dataset
 from alignuser_sim.data.holdout import split_dataset
 from alignuser_sim.learning.inputs import prepare
 from alignuser_sim.learning.learner import run_learning, run_world_model_eval
-from alignuser_sim.learning.world_model import Prediction
+from alignuser_sim.learning.world_model import Predicted, Prediction, candidate_items, mean_scores, score
+from alignuser_sim.llm.schemas import worst_case_chars
 from alignuser_sim.testing import ScriptedLLM, http_error
 
 pytestmark = pytest.mark.timeout(180)
@@ -41,10 +42,10 @@ def respond(req, reflection_error=None):
             return reflection_error
         return {"reasoning": "Dramas are what I come for.", "mistakes": "They chase popular picks.",
                 "lessons": [{"text": LESSON, "tag": "genre"}]}
-    if name == "Prediction":  # every candidate on the next page, no genre, the session goes on
+    if name == "Prediction":  # the first k candidates on the next page, no genre, the session goes on
         outcome = req.schema["$defs"]["Outcome"]["properties"]
         labels = req.schema["properties"]["outcomes"]["required"]
-        return {"outcomes": {label: {"next": {c: True for c in outcome["next"]["required"]}, "genres": [],
+        return {"outcomes": {label: {"next": list(range(1, outcome["next"]["maxItems"] + 1)), "genres": [],
                                      "continues": True} for label in labels}}
     raise AssertionError(name)
 
@@ -86,26 +87,35 @@ def test_learning_sees_only_the_training_split(small):
 
 
 def test_world_model_scores_against_the_recommender_truth(small):
-    """A world model that puts every candidate on the next page: recall 1, precision = truth / candidates
-    (one true page among as many other items: 1/2), continue accuracy = the share of next_page actions."""
+    """A world model that names the first k candidates: its scores are those of these ids against what the
+    recommender really serves, and continue accuracy is the share of next_page actions."""
     scenario, inputs = small
     llm = ScriptedLLM(respond)
     result = asyncio.run(run_world_model_eval(inputs, llm, n_examples=2))
     steps = [(u, s) for u in inputs.users for s in inputs.sampled_steps(u)]
     share_on = sum(not inputs.steps[u][s].exit for u, s in steps) / len(steps)
+    expected = []
+    for u, s in steps:
+        state, human = inputs.state(u, s), inputs.human_action(u, s)
+        truth = inputs.truth(state, human, near=inputs.k)
+        candidates = candidate_items([truth], state, inputs.k, inputs.catalogue_ids, scenario.seed)
+        expected.append(score(Predicted(candidates[:inputs.k], [], True), truth))
     for n in (0, 2):
         scores = result["scores"][n]
         assert scores["n"] == len(steps) and scores["failed"] == 0
-        assert scores["item_recall"] == 1.0 and scores["item_precision"] == pytest.approx(0.5)
-        assert scores["item_jaccard"] == pytest.approx(0.5)
+        for key in ("item_jaccard", "item_precision", "item_recall"):
+            assert scores[key] == pytest.approx(mean_scores(expected)[key], abs=1e-4)
         assert scores["continue_accuracy"] == pytest.approx(share_on, abs=1e-4)
+    assert 0 < mean_scores(expected)["item_recall"] < 1  # some true items among the first k, not all
     assert result["scores"][2]["mean_examples"] > 0 and result["scores"][0]["mean_examples"] == 0
     predictions = [r for r in llm.requests if r.output is Prediction]
     with_examples = [r for r in predictions if "How this recommender reacted before" in r.prompt]
     assert 0 < len(with_examples) <= len(steps) and len(predictions) == 2 * len(steps)
     assert all(r.params["temperature"] == 0.0 for r in predictions)
+    assert all(r.params["max_tokens"] >= worst_case_chars(r.schema) for r in predictions)
     rows = pq.read_table(scenario.learning_dir() / "worldmodel_predictions.parquet").to_pylist()
     assert len(rows) == 2 * len(steps) and {r["kind"] for r in rows} == {"wm_eval:0", "wm_eval:2"}
+    assert all(r["pred_items"] == r["candidates"][:inputs.k] for r in rows)  # stored as ids, not numbers
     assert json.loads((scenario.learning_dir() / "worldmodel_eval.json").read_text())["examples"] == 2
 
 
@@ -276,22 +286,8 @@ def test_export_writes_chat_jsonl_for_both_tasks(tmp_path):
     human = inputs.human_action(first["user_id"], first["step"])
     assert {i for i, d in decision.items.items() if d.watch} == set(human.watched_ids)
     prediction = Prediction.model_validate_json(world[0]["messages"][2]["content"])
-    assert sum(prediction.outcomes["a1"].next.values()) == inputs.k  # the true next page
+    assert len(prediction.outcomes["a1"].next) == inputs.k  # the true next page, by candidate number
+    first_user = world[0]["messages"][1]["content"]
+    candidates = first_user.split("Candidates for the next page")[1].splitlines()[1:]
+    assert all(n <= len(candidates) for n in prediction.outcomes["a1"].next)
     assert "--enable-lora --lora-modules" in (tmp_path / "sft" / "README.md").read_text()
-
-
-def test_world_model_budget_grows_with_id_length_and_stays_under_the_cap():
-    """Ten-digit Amazon ids truncated every world-model reply at the old fixed 8 tokens per candidate."""
-    from alignuser_sim.learning.world_model import world_model_sampling
-
-    labels, genres = ["human", "alt1"], ["Literature & Fiction", "Mystery, Thriller & Suspense", "Humor"]
-    books = [str(1430231920 + 7919 * i) for i in range(8)]
-    movies = [str(100 + i) for i in range(8)]
-    long_budget = world_model_sampling(800, labels, books, genres)
-    short_budget = world_model_sampling(800, labels, movies, genres)
-    assert long_budget["temperature"] == 0.0
-    reply = json.dumps({"outcomes": {x: {"next": dict.fromkeys(books, False), "genres": genres, "continues": False}
-                                     for x in labels}}, separators=(",", ":"))
-    assert long_budget["max_tokens"] >= len(reply) / 2 + 16  # SmolLM2: ~2 characters per token on such replies
-    assert short_budget["max_tokens"] < long_budget["max_tokens"]
-    assert world_model_sampling(200, labels, books, genres)["max_tokens"] == 200

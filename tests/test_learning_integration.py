@@ -1,5 +1,6 @@
 """`alignuser-sim learn` against the REAL vLLM server (SmolLM2-135M): three ML-100K users (~14 LLM calls), then
-one user whose counterfactual policy uses its lessons (<= 7 calls)."""
+one user whose counterfactual policy uses its lessons (<= 7 calls), then three users of an Amazon-like dataset
+with ten-character ids and five-level categories (<= 27 calls), where no reply may be cut at its budget."""
 
 import json
 import os
@@ -17,17 +18,20 @@ from alignuser_sim.core import Catalogue
 from alignuser_sim.data import load_dataset
 from alignuser_sim.data.personas import build_personas
 
+from .longid_data import write_longid_dataset
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 ALIGNUSER_SIM = str(Path(sys.executable).parent / "alignuser-sim")
 WIDE = {**os.environ, "COLUMNS": "200"}  # tables unwrapped
 
 
 def learn(tmp_path: Path, server_url: str, name: str, seed: int, users: int, concurrency: int,
-          learning: dict, **extra) -> tuple[Path, str]:
-    """Write a small ML-100K scenario against the server, run `alignuser-sim learn` on it: (scenario, stdout)."""
+          learning: dict, dataset: dict | None = None, **extra) -> tuple[Path, str]:
+    """Write a small scenario (ML-100K unless `dataset`) against the server, run `alignuser-sim learn` on it:
+    (scenario, stdout)."""
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({
-        "name": name, "seed": seed, "dataset": {"name": "ml-100k"}, "population": {"size": users},
+        "name": name, "seed": seed, "dataset": dataset or {"name": "ml-100k"}, "population": {"size": users},
         "recommender": {"algorithm": "mf"},
         "llm": {"endpoints": [server_url], "model": "smollm2", "concurrency": concurrency, "cache": "off"},
         "learning": {"embedder": "lexical", **learning}, "output_dir": str(tmp_path), **extra,
@@ -106,3 +110,32 @@ def test_counterfactual_policy_with_lessons_against_vllm(vllm_server, tmp_path):
     first_lessons = reflections[cfs[0]["step"]]["lessons"] if cfs[0]["step"] in reflections else []
     # what the first reflection kept, merged: at least one when it kept any, never more than it kept
     assert (cfs[1]["lessons_used"] > 0) == bool(first_lessons) and cfs[1]["lessons_used"] <= len(first_lessons)
+
+
+def test_learn_on_long_ids_has_no_reply_cut_at_its_budget(vllm_server, tmp_path):
+    """Amazon-like data (ten-character ASIN ids, five-level category lists as genres), three personas, two
+    transitions each, two counterfactual samples: before the numbered replies, 6 of 24 world-model replies on
+    such data were cut at their budget and 18 of 33 predictions failed. Now no call of learning may end on
+    `length`, and every world-model reply that finished is a usable prediction."""
+    dataset = write_longid_dataset(tmp_path / "amazon-like", long_ids=True)
+    path, _ = learn(tmp_path, vllm_server.base_url, "learn-longids", 17, 3, 8,
+                    {"transitions_per_persona": 2, "counterfactuals_per_step": 2, "world_model_examples": 1},
+                    dataset=dataset)
+    folder = load_scenario(path).learning_dir()
+    summary = json.loads((folder / "summary.json").read_text())
+    records = [json.loads(line) for line in (folder / "journal.jsonl").read_text().splitlines() if line.strip()]
+    wm = [r for r in records if r["kind"] == "worldmodel"]
+    predictions = [p for r in wm for p in r["predicted"]]
+    cut = [k for k in summary["failures"] if k.endswith(":length")]
+    print(f"long ids: world-model calls {len(wm)}, cut at the budget {sum(r['failure'] == 'length' for r in wm)}, "
+          f"predictions {len(predictions)}, failed {sum(p is None for p in predictions)}; "
+          f"failures {summary['failures']}; retries {summary['llm_retries_this_run']}; "
+          f"calls {summary['llm_calls_this_run']}, completion tokens {summary['completion_tokens_this_run']}, "
+          f"wall {summary['wall_s']} s")
+    assert summary["transitions"] == 6 and len(wm) == 6
+    assert not cut and "length" not in summary["llm_retries_this_run"]
+    assert all(r["failure"] is None for r in wm) and all(p is not None for p in predictions)
+    for p in predictions:  # numbers mapped back to the candidates' ids, exactly a page of them
+        assert len(p["items"]) <= 4 and all(len(i) == 10 and i.startswith("B0") for i in p["items"])
+    candidates = {i for r in wm for i in r["candidates"]}
+    assert all(set(p["items"]) <= candidates for p in predictions)

@@ -307,6 +307,7 @@ def test_cpu_command(model_folder, monkeypatch):
     assert f"--model {model_folder}" in line and "--served-model-name smollm2" in line
     assert "--host 127.0.0.1 --port 8123" in line and "--max-model-len 2048" in line
     assert "--enforce-eager" in argv and "--dtype float32" in line
+    assert "--block-size 32" in line  # small blocks: the prefix cache reuses the shared part of page prompts
     config = json.loads(argv[argv.index("--structured-outputs-config") + 1])
     assert config == {"backend": "xgrammar", "disable_any_whitespace": True}
     assert env["VLLM_CPU_KVCACHE_SPACE"] == "2" and env["HF_HUB_OFFLINE"] == "1"
@@ -321,6 +322,7 @@ def test_gpu_command_with_a_hub_name(monkeypatch):
                         extra_args=["--gpu-memory-utilization", "0.8"])
     argv, env = server.build_command()
     assert "--enforce-eager" not in argv and "--max-model-len" not in argv and "--dtype" not in argv
+    assert "--block-size" not in argv
     assert argv[argv.index("--model") + 1] == "Qwen/Qwen2.5-7B-Instruct"
     assert argv[argv.index("--served-model-name") + 1] == "Qwen/Qwen2.5-7B-Instruct"
     assert argv[-2:] == ["--gpu-memory-utilization", "0.8"]

@@ -103,3 +103,18 @@ def test_heldout_follows_the_datasets_test_split_and_holds_out_ratings_it_lacks(
     t = table(["u1"] * 6, [None] * 6, split=split, rating=rating)
     # the test row, plus the last fifth (ceil: 1) of the rated rows, in source order when undated
     assert heldout_mask(t).tolist() == [False, False, False, False, True, True]
+
+
+def test_reasoning_defaults_to_full_and_travels_with_policy_variants(tmp_path):
+    from alignuser_sim.evaluation import ranking
+    from alignuser_sim.evaluation.cases import policy_variant
+
+    default = scenario(tmp_path, "prompt-only")
+    assert default.policy.reasoning == "full"  # today's reply: existing scenarios mean the same
+    assert "reasoning" not in ranking.fingerprint(default)["policy"]  # so older compare folders still match
+    compact = scenario(tmp_path, {"kind": "prompt-only", "reasoning": "none", "history_size": 2})
+    assert ranking.fingerprint(compact)["policy"]["reasoning"] == "none"
+    variant = policy_variant(compact, "alignuser")
+    assert (variant.policy.kind, variant.policy.reasoning, variant.policy.history_size) == ("alignuser", "none", 2)
+    with pytest.raises(UserError, match=r"policy.reasoning: must be one of none, brief or full"):
+        scenario(tmp_path, {"reasoning": "short"})

@@ -234,7 +234,8 @@ def test_unknown_algorithm_is_a_one_line_error(cluster_data):
     with pytest.raises(UserError) as info:
         evaluate_offline(ds, ["pop", "svd"])
     assert str(info.value) == (
-        "--recommenders: unknown recommender 'svd' (choose from random, pop, itemknn, mf, lightgcn)"
+        "--recommenders: unknown recommender 'svd' (choose from random, pop, itemknn, mf, lightgcn, http, or a "
+        "plug-in class 'package.module:Class')"
     )
 
 

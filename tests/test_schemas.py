@@ -4,7 +4,7 @@ import itertools
 import json
 
 from alignuser_sim.agent.decision import page_schema
-from alignuser_sim.learning.world_model import prediction_schema
+from alignuser_sim.learning.world_model import Question
 from alignuser_sim.llm.schemas import reply_budget, worst_case_chars
 
 
@@ -13,15 +13,13 @@ def compact(value) -> int:
 
 
 def test_worst_case_is_the_longest_admitted_reply():
-    labels, candidates, genres = ["A", "B"], ["B000000001", "B000000002"], ["Drama", "Science Fiction"]
-    schema = prediction_schema(labels, candidates, genres)
-    longest = {"outcomes": {label: {"next": dict.fromkeys(candidates, False), "genres": ["Science Fiction"] * 3,
-                                    "continues": False} for label in labels}}
+    labels, candidates = ["A", "B"], [f"B00000000{n}" for n in range(1, 13)]
+    schema = Question(labels, candidates, ["Drama", "Science Fiction"], [1, 2], 2).schema()
+    longest = {"outcomes": {label: {"next": [12, 12], "genres": [2, 2], "continues": False} for label in labels}}
     assert worst_case_chars(schema) == compact(longest)
-    # every admitted reply is at most that long (booleans: every combination)
-    for flags in itertools.product([True, False], repeat=len(candidates)):
-        reply = {"outcomes": {label: {"next": dict(zip(candidates, flags, strict=True)), "genres": ["Drama"],
-                                      "continues": True} for label in labels}}
+    # every admitted reply is at most that long (candidate numbers: every pair)
+    for pair in itertools.product(range(1, 13), repeat=2):
+        reply = {"outcomes": {label: {"next": list(pair), "genres": [1], "continues": True} for label in labels}}
         assert compact(reply) <= worst_case_chars(schema)
 
 

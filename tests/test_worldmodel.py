@@ -13,18 +13,16 @@ from alignuser_sim.core import Action, ItemView, NextState, State
 from alignuser_sim.learning.world_model import (
     Predicted,
     Prediction,
+    Question,
     candidate_genres,
     candidate_items,
-    check_prediction,
     dominant_genres,
-    labels_for,
     mean_scores,
     prediction_messages,
-    prediction_schema,
     score,
     true_next_state,
-    truth_reply,
 )
+from alignuser_sim.llm.schemas import worst_case_chars
 from alignuser_sim.recommenders import make_recommender
 from alignuser_sim.testing import ScriptedLLM
 
@@ -133,48 +131,75 @@ def test_scoring_by_hand():
 
 
 def test_prediction_call_scored_against_recommender_transitions():
-    """The LLM's structured prediction through the real client, checked and scored against the truth."""
+    """The LLM's structured prediction through the real client, by number, mapped back to ids and scored
+    against the truth."""
     rec = _fit("itemknn", neighbours=5, shrink=0.0)
     state = State("new", 0, 0, 0, history=[], page=["c1", "h1", "d1", "d2"])
     actions = [Action.of({"c1": 5.0}, exit=False), Action.of({"h1": 5.0}, exit=True)]
     truths = [true_next_state(rec, state, a, k=3, views=VIEWS, near=3) for a in actions]
     cands = candidate_items(truths, state, 3, list(GENRES), seed=1)
-    genres = candidate_genres(cands, VIEWS)
-    labels = labels_for(2)
-    schema = prediction_schema(labels, cands, genres)
-    messages = prediction_messages("You are a test persona.", state, actions, cands, 3, VIEWS)
+    question = Question.build(state, 2, cands, 3, VIEWS)
+    assert question.labels == ["a1", "a2"] and question.k == 3
+    assert question.genres == ["Comedy", "Drama", "Horror"]  # the page's and the candidates'
+    assert [question.genres[n - 1] for n in question.allowed] == candidate_genres(cands, VIEWS)
+    messages = prediction_messages("You are a test persona.", state, actions, question, VIEWS)
     prompt = messages[1]["content"]
-    assert "a1: watched Title c1 (id c1, rated 5); then went on" in prompt and "a2: watched Title h1" in prompt
-    assert all(f"- id {c}: " in prompt for c in cands)
+    # genres named once, numbered; items by title with their genre numbers; actions by place on the page
+    assert "Genres: 1 Comedy; 2 Drama; 3 Horror" in prompt
+    assert "P1. Title c1 [1]" in prompt and "P3. Title d1 [2,1]" in prompt
+    assert "a1: watched P1 (rated 5); then went on" in prompt and "a2: watched P2 (rated 5); then left" in prompt
+    for n, c in enumerate(cands):
+        assert f"{n + 1}. Title {c} [" in prompt
+    assert not any(f"id {c}" in prompt for c in [*cands, *state.page])  # no id anywhere
+    assert "Comedy" not in prompt.split("Current page")[1]  # a genre's name is said once
 
     # a world model that knows the truth scores 1; one that swaps the outcomes scores lower; both are
     # replies through the real client, validated against the narrowed schema
-    perfect = truth_reply(truths, cands)
-    swapped = truth_reply(truths[::-1], cands)
+    perfect, swapped = question.answer(truths), question.answer(truths[::-1])
+    assert perfect.outcomes["a1"].next == [cands.index(i) + 1 for i in truths[0].items]
     llm = ScriptedLLM(script=[perfect.model_dump(), swapped.model_dump()])
-    first = asyncio.run(llm.call(messages, Prediction, schema=schema))
+    schema = question.schema()
+    first = asyncio.run(llm.call(messages, Prediction, schema=schema, sampling=question.sampling(800)))
     second = asyncio.run(llm.call(messages, Prediction, schema=schema, seed=2))
-    assert llm.requests[0].schema["$defs"]["Outcome"]["properties"]["next"]["required"] == cands
-    good = check_prediction(first.value, labels, cands, genres)
-    bad = check_prediction(second.value, labels, cands, genres)
+    outcome = llm.requests[0].schema["$defs"]["Outcome"]["properties"]
+    assert outcome["next"]["items"]["enum"] == list(range(1, len(cands) + 1)) and outcome["next"]["maxItems"] == 3
+    assert llm.requests[0].params["temperature"] == 0.0
+    assert llm.requests[0].params["max_tokens"] >= worst_case_chars(schema)  # no admitted reply is cut
+    good, bad = question.check(first.value), question.check(second.value)
     good_scores = [score(p, t) for p, t in zip(good, truths, strict=True)]
     bad_scores = [score(p, t) for p, t in zip(bad, truths, strict=True)]
+    assert [p.items for p in good] == [t.items for t in truths]  # mapped back to the ids
     assert all(v == 1.0 for s in good_scores for v in s.values())
     assert mean_scores(bad_scores)["item_jaccard"] < 0.5 and mean_scores(bad_scores)["continue_accuracy"] == 0.0
 
-    # a server that ignores the schema: unknown ids/genres are dropped and counted, a missing label is None
-    loose = Prediction.model_validate({"outcomes": {"a1": {"next": {cands[0]: True, "zz": True},
-                                                           "genres": ["Comedy", "Western"], "continues": True}}})
-    checked = check_prediction(loose, labels, cands, genres)
-    assert checked[0].items == [cands[0]] and checked[0].genres == ["Comedy"] and checked[0].invalid == 2
+    # a server that ignores the schema: numbers not offered (or repeated) are dropped and counted, a missing
+    # label is None
+    loose = Prediction.model_validate({"outcomes": {"a1": {"next": [1, 1, 99], "genres": [1, 7],
+                                                           "continues": True}}})
+    checked = question.check(loose)
+    assert checked[0].items == [cands[0]] and checked[0].genres == ["Comedy"] and checked[0].invalid == 3
     assert checked[1] is None
 
 
+def test_reply_and_budget_do_not_grow_with_ids_or_genre_names():
+    """Same structure, ids of 2 or 10 characters, genre names of 5 or 60: one schema, one budget."""
+    def question(ids, genre):
+        views = {i: ItemView(i, f"T{n}", (genre(n % 3), genre(3))) for n, i in enumerate(ids)}
+        state = State("u", 0, 0, 0, history=[], page=ids[:4])
+        return Question.build(state, 3, ids[4:], 4, views)
+
+    short = question([f"{n:02d}" for n in range(20)], lambda n: f"G{n}")
+    long = question([f"B0{n:08d}" for n in range(20)], lambda n: f"Video Games > PC > Accessories > Level {n}")
+    assert short.schema() == long.schema() and short.sampling(800) == long.sampling(800)
+    assert long.sampling(800)["max_tokens"] < 400  # 3 actions x 16 candidates: numbers and booleans only
+
+
 def test_default_fake_reply_is_valid_for_the_narrowed_schema():
-    schema = prediction_schema(["a1"], ["x", "y"], [])
+    question = Question(["a1"], ["x", "y"], [], [], 2)
     llm = ScriptedLLM()
-    result = asyncio.run(llm.call([{"role": "user", "content": "hi"}], Prediction, schema=schema))
-    assert result.ok and set(result.value.outcomes["a1"].next) == {"x", "y"}
+    result = asyncio.run(llm.call([{"role": "user", "content": "hi"}], Prediction, schema=question.schema()))
+    assert result.ok and len(result.value.outcomes["a1"].next) == 2
+    assert {p for p in question.check(result.value)[0].items} <= {"x", "y"}
 
 
 def test_hints_pick_the_lines_whose_genres_match_the_page(tmp_path):

@@ -3,8 +3,11 @@
 The prompt is built static-first so vLLM's prefix cache serves the shared part (see `llm/prompts.py`):
 the system instructions (the same for every agent of a run), the persona (the same for every page of an
 agent), then the lessons retrieved from the persona's lesson memory, the world-model hints and a short
-recent history, and last the page itself. What the reply may hold, and how it is checked against the page,
-is the decision format (`agent/decision.py`).
+recent history, and last the page itself. What the reply may hold, how the page is listed and how a reply
+maps back to item ids is the agent's decision format (`agent/decision.py`, the scenario's `policy.reasoning`).
+Each call's `max_tokens` is the worst case of the reply's schema narrowed to the page
+(`llm.schemas.reply_budget`): no reply the schema admits is cut, whatever the page, and a small format asks
+for a small budget.
 """
 
 from __future__ import annotations
@@ -13,24 +16,20 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from alignuser_sim.agent.decision import Decision, PageDecision, check_decision, page_schema
-from alignuser_sim.config import PolicyConfig
+from alignuser_sim.agent.decision import FULL, Decision, DecisionFormat
+from alignuser_sim.config import PolicyConfig, SamplingConfig
 from alignuser_sim.core import ItemView, call_seed
 from alignuser_sim.data.personas import Persona
 from alignuser_sim.llm.prompts import build_messages
 from alignuser_sim.llm.protocol import StructuredLLM
+from alignuser_sim.llm.schemas import reply_budget
 
 # the scenario's default (`policy.history_size`), for agents built without a scenario at hand
 HISTORY_SIZE = PolicyConfig().history_size
 
-SYSTEM_PROMPT = (
-    "You simulate one real user of a recommender system. Each turn you see one page of recommended "
-    "items. Decide like this user would, not like an assistant: real users skip most items and rate "
-    "honestly. For every item on the page give: watch (true or false), your rating from 1 to 5 if you "
-    "watch it (null if you do not), and a short feeling. Then choose the action: next_page to see more "
-    "items, or exit to leave. Answer with JSON only, in plain ASCII without emoji. Keep the thought under "
-    "30 words and each feeling under 12 words."
-)
+MAX_TOKENS = SamplingConfig().max_tokens  # the budget of a reply whose schema is unbounded (none is, today)
+
+SYSTEM_PROMPT = FULL.system  # the `full` format's system prompt (what `bench` counts)
 
 
 def page_query(page: list[ItemView]) -> str:
@@ -77,6 +76,8 @@ class PersonaAgent:
     world_model_k: int = 2
     history_size: int = HISTORY_SIZE
     seed: int = 0
+    decision_format: DecisionFormat = FULL
+    max_tokens: int = MAX_TOKENS  # the scenario's `llm.sampling.max_tokens`: only for an unbounded schema
     history: deque = field(default_factory=deque)
 
     def __post_init__(self) -> None:
@@ -105,28 +106,39 @@ class PersonaAgent:
         if self.history:
             context.append("You recently watched: " + "; ".join(
                 f"{title} (you rated {rating})" if rating else title for title, rating in self.history))
-        dynamic = f"Page {page_no + 1}. Recommended items:\n" + "\n".join(item.line() for item in page)
-        return build_messages(SYSTEM_PROMPT, dynamic, persona=self._persona_text, context=context)
+        dynamic = f"Page {page_no + 1}. Recommended items:\n" + self.decision_format.list_page(page)
+        return build_messages(self.decision_format.system, dynamic, persona=self._persona_text, context=context)
 
     def call_seed(self, session: int, page_no: int) -> int:
         """Same agent, page and run seed -> same seed: a re-run hits the completion cache."""
         return call_seed(self.seed, self.agent_id, session, page_no)
 
     async def decide(self, llm: StructuredLLM, session: int, page_no: int, page: list[ItemView]) -> Decision:
-        """One structured call. A failed call is a counted failure: nothing watched, the session ends."""
-        result = await llm.call(
-            self.messages(page_no, page), PageDecision,
-            seed=self.call_seed(session, page_no), schema=page_schema([i.item_id for i in page]),
-        )
+        """One structured call; what was watched joins the short history. A failed call is a counted failure:
+        nothing watched, the session ends."""
+        decision = await self.ask(llm, page_no, page, seed=self.call_seed(session, page_no))
+        self.observe(decision, page)
+        return decision
+
+    async def ask(self, llm: StructuredLLM, page_no: int, page: list[ItemView], *, seed: int,
+                  temperature: float | None = None) -> Decision:
+        """The policy's decision on a page in the agent's format, remembering nothing: `decide` for the
+        simulation, and learning's counterfactual samples (K seeds at a higher `temperature`)."""
+        fmt = self.decision_format
+        schema = fmt.schema(page)
+        sampling: dict[str, float | int] = {"max_tokens": reply_budget(schema, fallback=self.max_tokens)}
+        if temperature is not None:
+            sampling["temperature"] = temperature
+        result = await llm.call(self.messages(page_no, page), fmt.reply, seed=seed, sampling=sampling,
+                                schema=schema)
         if result.value is None:
             decision = Decision(ratings={}, feelings={}, thought=None, action="exit", failure=result.failure)
         else:
-            decision = check_decision(result.value, page)
+            decision = fmt.to_decision(result.value, page)
         decision.prompt_tokens = result.usage.prompt_tokens
         decision.completion_tokens = result.usage.completion_tokens
         decision.latency_s = result.latency_s
         decision.from_cache = result.from_cache
-        self.observe(decision, page)
         return decision
 
     def observe(self, decision: Decision, page: list[ItemView]) -> None:

@@ -7,7 +7,8 @@ comparison all build their agents through `PolicySetup`, so a switch in the scen
 them the same way (ablations: `policy.lessons` / `policy.world_model`).
 
 A `PolicySetup` is plain data (picklable): the driver loads it once and ships each shard its agents' part,
-so shards on other nodes need no shared file system. Everything it reads from the learning folder (tastes,
+so shards on other nodes need no shared file system. Its config also names the agents' decision format
+(`policy.reasoning`, `agent/decision.py`). Everything it reads from the learning folder (tastes,
 lessons, world-model hints) is read by agent code, never by importing learning: learning writes those files.
 """
 
@@ -19,8 +20,16 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from alignuser_sim.agent.decision import decision_format
 from alignuser_sim.agent.memory import load_lesson_memories
-from alignuser_sim.agent.persona_agent import LessonMemory, NoLessons, NoWorldModel, PersonaAgent, WorldModelContext
+from alignuser_sim.agent.persona_agent import (
+    MAX_TOKENS,
+    LessonMemory,
+    NoLessons,
+    NoWorldModel,
+    PersonaAgent,
+    WorldModelContext,
+)
 from alignuser_sim.agent.world_hints import load_world_model_context
 from alignuser_sim.config import PolicyConfig, Scenario
 from alignuser_sim.data.personas import Persona
@@ -47,6 +56,7 @@ class PolicySetup:
     lessons: dict[str, LessonMemory] = field(default_factory=dict)
     world_model: dict[str, WorldModelContext] = field(default_factory=dict)
     tastes: dict[str, str] = field(default_factory=dict)
+    max_tokens: int = MAX_TOKENS  # the scenario's `llm.sampling.max_tokens`: the budget of an unbounded reply
 
     @classmethod
     def prompt_only(cls) -> PolicySetup:
@@ -57,7 +67,7 @@ class PolicySetup:
         """Load what the scenario's policy needs for these users from its learning folder."""
         config = scenario.policy
         folder = scenario.learning_dir()
-        setup = cls(config)
+        setup = cls(config, max_tokens=scenario.llm.sampling.max_tokens)
         needs_learning = config.use_lessons or config.use_world_model
         if needs_learning and not folder.is_dir():
             raise UserError(
@@ -79,6 +89,7 @@ class PolicySetup:
             {u: m for u, m in self.lessons.items() if u in keep},
             {u: w for u, w in self.world_model.items() if u in keep},
             {u: t for u, t in self.tastes.items() if u in keep},
+            self.max_tokens,
         )
 
     def persona(self, persona: Persona) -> Persona:
@@ -97,5 +108,7 @@ class PolicySetup:
             lessons_k=self.config.lessons_k,
             world_model=self.world_model.get(uid, NoWorldModel()) if self.config.use_world_model else NoWorldModel(),
             world_model_k=self.config.world_model_k,
+            decision_format=decision_format(self.config.reasoning),
+            max_tokens=self.max_tokens,
             **kwargs,
         )

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from alignuser_sim.bench.fake_users import fake_decision
+from alignuser_sim.bench.fake_users import fake_reply, fake_text
 
 
 @dataclass
@@ -47,14 +47,15 @@ class FakeServerState:
 
 
 def fake_completion(body: dict[str, Any], n: int) -> dict[str, Any]:
-    """A chat completion answering a page decision (a scripted user), or a short text without a schema."""
+    """A chat completion: a page decision (a scripted user), the smallest instance of another schema, or free
+    text (`fake_text`: the Agent4Rec-style loop's lines) without a schema."""
     messages = body.get("messages") or []
     fmt = body.get("response_format") or {}
     schema = (fmt.get("json_schema") or {}).get("schema")
-    if schema and "items" in schema.get("properties", {}):
-        text = json.dumps(fake_decision(messages, schema))
+    if schema:
+        text = json.dumps(fake_reply(messages, schema))
     else:
-        text = "ok " * max(1, int(body.get("max_tokens") or 16) // 2)
+        text = fake_text(messages, int(body.get("max_tokens") or 16))
     prompt = sum(len(str(m.get("content", ""))) for m in messages) // 4
     return {
         "id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),

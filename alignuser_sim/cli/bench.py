@@ -8,7 +8,9 @@
   vLLM's own serving benchmark at the same concurrency and prompt/output lengths, and the simulation
   against the naive loop (Agent4Rec's thread pool) on the same endpoint and population.
 - `bench naive`: the simulation against the naive loop on the fake server, at a scale the CPU model cannot
-  reach.
+  reach. It shares our one-call-per-page design, so it measures only concurrency.
+- `bench agent4rec`, `bench formats` (in `cli/bench_cost.py`): what a decision costs, against a faithful
+  Agent4Rec-style loop and per decision format.
 
 Heavy imports (Ray, vLLM, matplotlib) happen inside the commands; Ray only through `actors/` (`actors.bench`,
 `actors.launch.init_ray`).
@@ -33,7 +35,8 @@ from alignuser_sim.store import VLLM_LOG
 if TYPE_CHECKING:
     from alignuser_sim.simulation.runs import RunPlan
 
-app = typer.Typer(help="Scale benchmarks: scaling curve, live vLLM ratio, naive loop.", no_args_is_help=True,
+app = typer.Typer(help="Benchmarks: scaling curve, live vLLM ratio, naive loop, Agent4Rec-style loop, decision "
+                       "formats.", no_args_is_help=True,
                   add_completion=False)
 err = Console(stderr=True)
 out = Console()
@@ -322,3 +325,11 @@ def naive(
     out.print(table)
     out.print(ratios)
     out.print(f"written: {', '.join(str(p) for p in paths)}")
+
+
+# --- bench agent4rec, bench formats (cli/bench_cost.py) ----------------------------------------------------------
+
+from alignuser_sim.cli.bench_cost import agent4rec, formats  # noqa: E402  (they import this module's helpers lazily)
+
+app.command("agent4rec")(agent4rec)
+app.command("formats")(formats)

@@ -55,7 +55,8 @@ def offline(
     rows = []
     for name in names:
         with err.status(f"fitting and ranking: {name}"):
-            rows += evaluate_offline(ds, [name], k_values, seed=scenario.seed, params=params, split=split)
+            rows += evaluate_offline(ds, [name], k_values, seed=scenario.seed, params=params, split=split,
+                                     configs={scenario.recommender.algorithm: scenario.recommender})  # http: its URL
     table = Table(
         title=f"{ds.name}: offline evaluation ({split.kind}; {rows[0]['users']:,} users)",
         header_style="bold",

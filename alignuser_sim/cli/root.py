@@ -48,7 +48,7 @@ GROUPS = [
     ("data", "data", None),
     ("recommenders", "recommenders", "Recommenders: offline Recall@K / NDCG@K."),
     ("llm", "llm", "The vLLM server and the embedded model."),
-    ("bench", "bench", "Scale benchmarks: scaling curve, live vLLM ratio, naive loop."),
+    ("bench", "bench", "Benchmarks: scaling, live vLLM, naive loop, Agent4Rec-style loop, decision formats."),
     ("learn", "learn", None),
 ]
 

@@ -49,13 +49,13 @@ POLICY_ALIASES = {"lessons": "+lessons", "world-model": "+world-model", "+world 
 
 
 def policy_variant(scenario: Scenario, name: str) -> Scenario:
-    """The scenario with its policy replaced by the named one (retrieval sizes kept)."""
+    """The scenario with its policy replaced by the named one (retrieval sizes and decision format kept)."""
     key = POLICY_ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in POLICY_NAMES:
         raise UserError(f"--policies: unknown policy '{name}' (choose from {', '.join(POLICY_NAMES)})")
     variant = scenario.model_copy(deep=True)
-    variant.policy = PolicyConfig(**POLICY_NAMES[key], lessons_k=scenario.policy.lessons_k,
-                                  world_model_k=scenario.policy.world_model_k)
+    kept = scenario.policy.model_dump(include={"lessons_k", "world_model_k", "history_size", "reasoning"})
+    variant.policy = PolicyConfig(**POLICY_NAMES[key], **kept)
     return variant
 
 

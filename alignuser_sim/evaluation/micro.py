@@ -3,9 +3,11 @@
 Each held-out user's pages (`evaluation/cases.py`) are decided with ONE structured call each
 (`PersonaAgent.decide`, the simulation's own call); "watched" is the agent's prediction of "the human
 interacted with it". Separately, the agent rates the user's rated held-out items, all in one call per user,
-for RMSE / MAE. Agents keep no history between pages (each page is judged on its own), so the order pages
-are decided in changes nothing and a re-run asks the completion cache the same questions. The numbers are
-`evaluation/summary.py`'s.
+for RMSE / MAE. Both calls answer in the scenario's decision format (`policy.reasoning`): `full` names items
+by id (and the page decision adds feelings); `brief` and `none` list the items numbered and answer by
+position, `brief` with one short thought first (`RATING_FORMATS`). Agents keep no history between pages
+(each page is judged on its own), so the order pages are decided in changes nothing and a re-run asks the
+completion cache the same questions. The numbers are `evaluation/summary.py`'s.
 
 Resumable: every decision is written as it comes (keyed part tables, `store.PartTable`), keyed by
 (policy, ratio, user, page) and (policy, user) for ratings; a re-run decides only what is missing. A failed
@@ -21,16 +23,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pyarrow as pa
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from alignuser_sim import store
+from alignuser_sim.agent.decision import BRIEF_THOUGHT_MAX, Rating, id_lines, numbered_lines, positions
 from alignuser_sim.agent.persona_agent import PersonaAgent
 from alignuser_sim.agent.policy import PolicySetup
-from alignuser_sim.config import EvalConfig, Scenario, dump_scenario
-from alignuser_sim.core import Catalogue, call_seed
+from alignuser_sim.config import EvalConfig, PolicyConfig, Scenario, dump_scenario
+from alignuser_sim.core import Catalogue, ItemView, call_seed
 from alignuser_sim.data import Dataset, load_dataset
 from alignuser_sim.data.holdout import split_dataset
 from alignuser_sim.data.personas import Persona, build_personas
@@ -39,7 +42,7 @@ from alignuser_sim.errors import UserError
 from alignuser_sim.evaluation.cases import UserCase, build_cases, policy_variant
 from alignuser_sim.llm.prompts import build_messages
 from alignuser_sim.llm.protocol import StructuredLLM
-from alignuser_sim.llm.schemas import json_schema_for
+from alignuser_sim.llm.schemas import json_schema_for, reply_budget
 from alignuser_sim.store import CALL_FIELDS, EvalFolder, PartTable
 
 PLAN_VERSION = 1
@@ -86,11 +89,14 @@ def fingerprint(scenario: Scenario) -> dict[str, Any]:
     The population, `eval.users`, the ratios and the policies may change: a user's pages depend only on
     the seed, the data and these settings, so a larger population or a new ratio reuses what is done."""
     dump = scenario.model_dump(mode="json")
-    return {
+    mine = {
         "version": PLAN_VERSION, "seed": scenario.seed, "dataset": dump["dataset"],
         "eval": {k: dump["eval"][k] for k in ("positives_per_user", "items_per_page")},
         "llm": {"model": dump["llm"]["model"], "sampling": dump["llm"]["sampling"]},
     }
+    if scenario.policy.reasoning != PolicyConfig().reasoning:  # at its default it matches older folders
+        mine["reasoning"] = scenario.policy.reasoning
+    return mine
 
 
 def learning_digest(scenario: Scenario) -> str:
@@ -172,33 +178,86 @@ def claim_folder(folder: Path, scenario: Scenario, users: list[str], learning: d
 
 # --- asking the agents ------------------------------------------------------------------------------------
 
-RATING_SYSTEM = (
+_RATE = (
     "You simulate one real user of a recommender system. You watched each item listed below. Rate each one "
-    "from 1 (hated it) to 5 (loved it) the way this user would, using the whole scale honestly. Answer with "
-    "JSON only: an object whose `ratings` maps every listed item id to its rating."
+    "from 1 (hated it) to 5 (loved it) the way this user would, using the whole scale honestly. "
 )
+RATING_SYSTEM = _RATE + "Answer with JSON only: an object whose `ratings` maps every listed item id to its rating."
 
 
 class RatingReply(BaseModel):
+    """`full`: item id -> rating."""
+
     model_config = ConfigDict(extra="forbid")
-    ratings: dict[str, Literal[1, 2, 3, 4, 5]]
+    ratings: dict[str, Rating]
 
 
-_RATING_BASE = json_schema_for(RatingReply)
+class PositionRatings(BaseModel):
+    """`none`: the number the item is listed under -> rating."""
+
+    model_config = ConfigDict(extra="forbid")
+    ratings: dict[str, Rating]
+
+
+class BriefRatings(BaseModel):
+    """`brief`: one short thought, then the ratings by number."""
+
+    model_config = ConfigDict(extra="forbid")
+    thought: str = Field(max_length=BRIEF_THOUGHT_MAX)
+    ratings: dict[str, Rating]
+
+
+def _narrowed(model: type[BaseModel], keys: Sequence[str]) -> dict[str, Any]:
+    """`model`'s schema with exactly these keys as the required keys of `ratings`."""
+    base = json_schema_for(model)
+    value = base["properties"]["ratings"]["additionalProperties"]
+    ratings = {"type": "object", "properties": {k: value for k in keys}, "required": list(keys),
+               "additionalProperties": False}
+    return {**base, "properties": {**base["properties"], "ratings": ratings}}
 
 
 def rating_schema(item_ids: Sequence[str]) -> dict[str, Any]:
     """RatingReply's schema with exactly these ids as the required keys of `ratings`."""
-    value = _RATING_BASE["properties"]["ratings"]["additionalProperties"]
-    ratings = {"type": "object", "properties": {i: value for i in item_ids}, "required": list(item_ids),
-               "additionalProperties": False}
-    return {**_RATING_BASE, "properties": {"ratings": ratings}}
+    return _narrowed(RatingReply, item_ids)
 
 
-def rating_messages(agent: PersonaAgent, items: list) -> list[dict[str, str]]:
+@dataclass(frozen=True)
+class RatingFormat:
+    """The rating call in one decision format: its reply, instructions, and whether items go by position."""
+
+    reply: type[BaseModel]
+    system: str
+    by_position: bool
+
+    def schema(self, item_ids: Sequence[str]) -> dict[str, Any]:
+        return _narrowed(self.reply, positions(len(item_ids)) if self.by_position else item_ids)
+
+    def list_items(self, items: Sequence[ItemView]) -> str:
+        return numbered_lines(items) if self.by_position else id_lines(items)
+
+    def to_ratings(self, reply: BaseModel, item_ids: Sequence[str]) -> tuple[dict[str, int], int]:
+        """(item id -> rating, answers about no listed item)."""
+        answers: dict[str, int] = reply.ratings  # type: ignore[attr-defined]
+        keys = positions(len(item_ids)) if self.by_position else list(item_ids)
+        to_id = dict(zip(keys, item_ids, strict=True))
+        return {to_id[k]: r for k, r in answers.items() if k in to_id}, sum(1 for k in answers if k not in to_id)
+
+
+_BY_NUMBER = "The items are numbered. "
+_RATINGS_BY_NUMBER = "`ratings` maps the number of every listed item to its rating. Answer with JSON only."
+RATING_FORMATS = {
+    "full": RatingFormat(RatingReply, RATING_SYSTEM, by_position=False),
+    "brief": RatingFormat(BriefRatings, _RATE + _BY_NUMBER + "First `thought`: one short sentence (under 15 "
+                          "words, plain ASCII) on how you liked them. Then " + _RATINGS_BY_NUMBER, by_position=True),
+    "none": RatingFormat(PositionRatings, _RATE + _BY_NUMBER + _RATINGS_BY_NUMBER, by_position=True),
+}
+
+
+def rating_messages(agent: PersonaAgent, items: list, fmt: RatingFormat = RATING_FORMATS["full"],
+                    ) -> list[dict[str, str]]:
     """Persona, the policy's lessons and world-model lines for these items, then the items (static first)."""
-    dynamic = "Items you watched:\n" + "\n".join(item.line() for item in items)
-    return build_messages(RATING_SYSTEM, dynamic, persona=agent.persona.describe(),
+    dynamic = "Items you watched:\n" + fmt.list_items(items)
+    return build_messages(fmt.system, dynamic, persona=agent.persona.describe(),
                           context=agent.policy_context(items))
 
 
@@ -254,14 +313,17 @@ async def run_eval(plan: EvalPlan, llm: StructuredLLM, tasks: list[Task], stores
 
     async def rate(task: Task) -> None:
         agent = agents[(task.policy, task.user_id)]
+        fmt = RATING_FORMATS[plan.policies[task.policy].config.reasoning]
         seed = call_seed(plan.scenario.seed, task.user_id, "rating")
-        result = await llm.call(rating_messages(agent, catalogue.page(task.items)), RatingReply, seed=seed,
-                                schema=rating_schema(task.items))
-        answers = dict(result.value.ratings) if result.value is not None else {}
+        schema = fmt.schema(task.items)
+        budget = reply_budget(schema, fallback=plan.scenario.llm.sampling.max_tokens)
+        result = await llm.call(rating_messages(agent, catalogue.page(task.items), fmt), fmt.reply, seed=seed,
+                                schema=schema, sampling={"max_tokens": budget})
+        answers, invalid = fmt.to_ratings(result.value, task.items) if result.value is not None else ({}, 0)
         ratings.add({
             "policy": task.policy, "user_id": task.user_id, "items": task.items, "truth": task.truth,
             "predicted": [answers.get(i) for i in task.items], "failure": result.failure,
-            "invalid_ids": sum(1 for i in answers if i not in set(task.items)),
+            "invalid_ids": invalid,
             "prompt_tokens": result.usage.prompt_tokens, "completion_tokens": result.usage.completion_tokens,
             "latency_s": result.latency_s, "from_cache": result.from_cache,
         })

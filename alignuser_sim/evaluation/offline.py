@@ -8,6 +8,11 @@ is fitted on all interactions instead: it serves the users as a platform would, 
 A held-out item the user also has in training is dropped from their targets (it can never be ranked); users
 without a held-out item are not evaluated.
 
+Any recommender is evaluated the same way: built-ins and plug-ins that subclass `Recommender` rank without
+recording what they rank (`rank`); other plug-ins and HTTP services are asked for one page of K items per
+user, freshly fitted on the training split (HTTP: sent by POST /fit, the same protocol the simulation uses; a
+service without /fit, or with `fit: false`, ranks with its own model, which may have seen the held-out items).
+
 Metrics, binary relevance, averaged over the users with at least one test item; each user's ranking is
 over all catalogue items minus their training items:
     Recall@K = |top-K & test| / |test|
@@ -26,12 +31,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alignuser_sim.config import RecommenderConfig
+from alignuser_sim.config import BUILTIN_RECOMMENDERS, RecommenderConfig, recommender_name_problem
 from alignuser_sim.data.holdout import HELDOUT_FRACTION, heldout_mask
 from alignuser_sim.data.tables import Dataset
 from alignuser_sim.errors import UserError
-from alignuser_sim.recommenders import ALGORITHMS, make_recommender
+from alignuser_sim.recommenders import make_recommender
 from alignuser_sim.recommenders.base import Recommender
+from alignuser_sim.recommenders.plugins import check_class, plugin_class
 
 
 @dataclass
@@ -64,9 +70,29 @@ def _grouped(table: pa.Table) -> dict[str, set[str]]:
     return out
 
 
-def ranked_ids(rec: Recommender, users: Sequence[str], k: int) -> list[list[str]]:
-    """Each user's top-`k` unseen item ids from a fitted recommender (its training items are never ranked)."""
-    return [[rec.item_ids[c] for c in codes] for codes in rec.rank(list(users), k, None)]
+def ranked_ids(rec: Any, users: Sequence[str], k: int) -> list[list[str]]:
+    """Each user's top-`k` unseen item ids from a fitted recommender (its training items are never ranked):
+    `rank` where the class has it, else one page per user (batched; plug-ins without `rank`, HTTP)."""
+    if isinstance(rec, Recommender):
+        return [[rec.item_ids[c] for c in codes] for codes in rec.rank(list(users), k, None)]
+    pages = rec.pages(list(users), k)
+    return [list(pages.get(u, []))[:k] for u in users]
+
+
+def offline_ranking(cfg: RecommenderConfig, seed: int, split: Split, items: pa.Table, users: Sequence[str],
+                    k: int) -> tuple[list[list[str]], float, float]:
+    """(each user's top-`k`, fit seconds, rank seconds) of one recommender fitted on the training split."""
+    rec = make_recommender(cfg, seed)
+    t0 = time.perf_counter()
+    rec.fit(split.train, items)
+    fit_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ranked = ranked_ids(rec, users, k)
+    rank_s = time.perf_counter() - t0
+    close = getattr(rec, "close", None)
+    if callable(close):
+        close()
+    return ranked, fit_s, rank_s
 
 
 def per_user_recall_ndcg(ranked: Sequence[Sequence[str]], split: Split, users: Sequence[str], k: int) -> np.ndarray:
@@ -86,13 +112,29 @@ def recall_ndcg(ranked: Sequence[str], relevant: set[str], k: int) -> tuple[floa
 
 
 def check_algorithms(names: Sequence[str]) -> list[str]:
-    names = [n.strip().lower() for n in names if n.strip()]
+    """The names, built-ins lower-cased (a plug-in's import path keeps its case); each plug-in imported and its
+    contract checked (an HTTP service is checked when its run or offline ranking starts)."""
+    names = [n.strip().lower() if n.strip().lower() in BUILTIN_RECOMMENDERS else n.strip() for n in names
+             if n.strip()]
     if not names:
-        raise UserError("--recommenders: name at least one of " + ", ".join(ALGORITHMS))
+        raise UserError("--recommenders: name at least one of " + ", ".join(BUILTIN_RECOMMENDERS))
     for name in names:
-        if name not in ALGORITHMS:
-            raise UserError(f"--recommenders: unknown recommender '{name}' (choose from {', '.join(ALGORITHMS)})")
+        problem = recommender_name_problem(name)
+        if problem:
+            raise UserError(f"--recommenders: {problem}")
+        if name != "http":  # a plug-in that does not import or lacks part of the contract: now, before any fit
+            check_class(plugin_class(name, "--recommenders"), name, "--recommenders")
     return names
+
+
+def config_of(name: str, params: dict[str, dict[str, Any]] | None,
+              configs: dict[str, RecommenderConfig] | None) -> RecommenderConfig:
+    if configs and name in configs:
+        return configs[name]
+    if name == "http":
+        raise UserError("--recommenders: http needs the scenario's recommender to be the service "
+                        "(recommender: {algorithm: http, url: ...})")
+    return RecommenderConfig(algorithm=name, params=(params or {}).get(name, {}))
 
 
 def evaluate_offline(
@@ -102,10 +144,12 @@ def evaluate_offline(
     seed: int = 0,
     params: dict[str, dict[str, Any]] | None = None,
     split: Split | None = None,
+    configs: dict[str, RecommenderConfig] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per algorithm: `algorithm, users, fit_s, recall@K, ndcg@K` for each K, in input order.
 
-    `params` gives an algorithm's parameters by name (else its defaults). The split is computed once and
+    `params` gives an algorithm's parameters by name (else its defaults); `configs` a whole recommender
+    section by name (an HTTP service's URL: `{"http": scenario.recommender}`). The split is computed once and
     shared by all algorithms (pass `split` to reuse one across calls).
     """
     algorithms = check_algorithms(algorithms)
@@ -116,14 +160,8 @@ def evaluate_offline(
     users = sorted(split.test)
     rows = []
     for name in algorithms:
-        cfg = RecommenderConfig(algorithm=name, params=(params or {}).get(name, {}))
-        rec = make_recommender(cfg, seed)
-        t0 = time.perf_counter()
-        rec.fit(split.train, dataset.items)
-        fit_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        ranked = ranked_ids(rec, users, max(k_values))
-        rank_s = time.perf_counter() - t0
+        cfg = config_of(name, params, configs)
+        ranked, fit_s, rank_s = offline_ranking(cfg, seed, split, dataset.items, users, max(k_values))
         row: dict[str, Any] = {"algorithm": name, "users": len(users), "fit_s": fit_s, "rank_s": rank_s}
         for k in k_values:
             rn = per_user_recall_ndcg(ranked, split, users, k)

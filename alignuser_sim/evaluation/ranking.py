@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from alignuser_sim import store
-from alignuser_sim.config import PolicyConfig, RecommenderConfig, Scenario, dump_scenario, load_scenario
+from alignuser_sim.config import PolicyConfig, Scenario, dump_scenario, load_scenario
 from alignuser_sim.errors import UserError
 from alignuser_sim.metrics.bootstrap import bootstrap_many
 from alignuser_sim.metrics.ranking import ranks, tau_estimate
@@ -55,9 +55,10 @@ Simulate = Callable[[Scenario | None, Path], None]  # (scenario to start, or Non
 
 def variant(scenario: Scenario, algorithm: str, endpoints: Sequence[str] | None = None) -> Scenario:
     """The scenario with another recommender (the scenario's params only for its own algorithm)."""
+    from alignuser_sim.recommenders import config_for
+
     copy = scenario.model_copy(deep=True)
-    params = dict(scenario.recommender.params) if algorithm == scenario.recommender.algorithm else {}
-    copy.recommender = RecommenderConfig(algorithm=algorithm, params=params)
+    copy.recommender = config_for(scenario, algorithm)  # built-in, plug-in or http
     if endpoints:
         copy.llm.endpoints = list(endpoints)
     return copy
@@ -83,6 +84,8 @@ def fingerprint(scenario: Scenario) -> dict[str, Any]:
     dump = scenario.model_dump(mode="json")
     if dump["policy"]["history_size"] == PolicyConfig().history_size:
         del dump["policy"]["history_size"]  # a knob newer than the first folders: at its default it matches them
+    if dump["policy"]["reasoning"] == PolicyConfig().reasoning:
+        del dump["policy"]["reasoning"]  # likewise
     return {key: dump[key] for key in ("seed", "dataset", "population", "pages", "policy")} | {
         "llm": {"model": dump["llm"]["model"], "sampling": dump["llm"]["sampling"]}}
 
@@ -126,8 +129,8 @@ def offline_per_user(scenario: Scenario, names: Sequence[str], folder: Path,
     """Per-user Recall@K / NDCG@K of each algorithm, as `evaluation/offline.evaluate_offline` computes them
     (same split, same masking), kept per user for the bootstrap; cached in `offline.parquet`."""
     from alignuser_sim.data import load_dataset
-    from alignuser_sim.evaluation.offline import offline_split, per_user_recall_ndcg, ranked_ids
-    from alignuser_sim.recommenders import make_recommender
+    from alignuser_sim.evaluation.offline import offline_ranking, offline_split, per_user_recall_ndcg
+    from alignuser_sim.recommenders import config_for
 
     k = scenario.eval.k
     path = CompareFolder(folder).offline
@@ -143,10 +146,8 @@ def offline_per_user(scenario: Scenario, names: Sequence[str], folder: Path,
     for name in todo:
         if on_fit:
             on_fit(name)
-        params = dict(scenario.recommender.params) if name == scenario.recommender.algorithm else {}
-        rec = make_recommender(RecommenderConfig(algorithm=name, params=params), scenario.seed)
-        rec.fit(split.train, ds.items)
-        values = per_user_recall_ndcg(ranked_ids(rec, users, k), split, users, k)
+        ranked, _, _ = offline_ranking(config_for(scenario, name), scenario.seed, split, ds.items, users, k)
+        values = per_user_recall_ndcg(ranked, split, users, k)
         parts.append(pa.table({"algorithm": [name] * len(users), "k": [k] * len(users), "user_id": users,
                                "recall": values[:, 0], "ndcg": values[:, 1]}, schema=OFFLINE_SCHEMA))
         table = pa.concat_tables(parts)

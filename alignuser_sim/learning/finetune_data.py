@@ -9,8 +9,11 @@ exact schema the simulator asks for at run time, so a model trained on it answer
   example (`--max-pages` caps them per persona), plus every counterfactual action learning sampled.
 - `policy_sft.jsonl` (policy learning): state + persona -> reasoning + human action. The prompt is the
   persona agent's own prompt (prompt-only: what was learned is meant to go into the weights); the reply is
-  the human's decision on the page as a `PageDecision`, its `thought` the first-person reasoning that
-  reflection wrote for that transition. Only reflected transitions have one, so only they are exported.
+  the human's decision on the page in the scenario's decision format (`policy.reasoning`: a `PageDecision`
+  for `full`, the compact reply by page position for `brief` / `none`), its thought (`full`, `brief`) the
+  first-person reasoning that reflection wrote for that transition, cut to the format's length. Only
+  reflected transitions have one, so only they are exported (for `none` too, so the formats' files hold
+  the same pages).
 
 A README.md beside them says how to train a LoRA adapter and serve it with vLLM (`--enable-lora
 --lora-modules NAME=ADAPTER`); see docs/learning.md.
@@ -22,8 +25,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from alignuser_sim import store
-from alignuser_sim.agent.decision import THOUGHT_MAX, ItemDecision, PageDecision
+from alignuser_sim.agent.decision import FULL, Decision, DecisionFormat, clip_thought, decision_format
 from alignuser_sim.agent.persona_agent import PersonaAgent
 from alignuser_sim.agent.policy import PolicySetup, load_tastes
 from alignuser_sim.config import Scenario
@@ -31,7 +36,7 @@ from alignuser_sim.core import PURPOSE_EXPORT_PAGES, Action, ItemView, NextState
 from alignuser_sim.errors import UserError
 from alignuser_sim.learning.inputs import prepare
 from alignuser_sim.learning.journal import JOURNAL_FILE, Journal
-from alignuser_sim.learning.world_model import candidate_items, prediction_messages, truth_reply
+from alignuser_sim.learning.world_model import Question, candidate_items, prediction_messages
 
 WORLD_MODEL_FILE = "worldmodel_sft.jsonl"
 POLICY_FILE = "policy_sft.jsonl"
@@ -78,14 +83,6 @@ def _chat(messages: list[dict[str, str]], reply: str) -> dict[str, Any]:
     return {"messages": [*messages, {"role": "assistant", "content": reply}]}
 
 
-def _thought(reasoning: str) -> str:
-    text = " ".join(reasoning.split())
-    if len(text) <= THOUGHT_MAX:
-        return text
-    cut = text[:THOUGHT_MAX]
-    return cut[: cut.rfind(" ")] if " " in cut else cut
-
-
 def _rating(value: float | None) -> int | None:
     if value is None:
         return None
@@ -93,12 +90,13 @@ def _rating(value: float | None) -> int | None:
     return rating if 1 <= rating <= 5 else None
 
 
-def human_decision(page: list[str], action: Action, thought: str) -> PageDecision:
-    """The human's action on a page as the reply the persona agent is asked for."""
-    watched = dict(action.watched)
-    items = {i: ItemDecision(watch=i in watched, rating=_rating(watched.get(i)) if i in watched else None,
-                             feeling="") for i in page}
-    return PageDecision(thought=thought, items=items, action="exit" if action.exit else "next_page")
+def human_decision(page: list[ItemView], action: Action, thought: str, fmt: DecisionFormat = FULL) -> BaseModel:
+    """The human's action on a page as the reply the persona agent is asked for, in its decision format (no
+    feelings: the human data has none; the thought cut to the format's length, dropped where it has none)."""
+    decision = Decision(ratings={i: _rating(r) for i, r in action.watched}, feelings={},
+                        thought=clip_thought(thought, fmt.thought_max) if fmt.thought_max else None,
+                        action="exit" if action.exit else "next_page")
+    return fmt.to_reply(decision, page)
 
 
 def export_sft(scenario: Scenario, out_dir: Path | None = None, max_pages: int | None = None,
@@ -132,19 +130,22 @@ def export_sft(scenario: Scenario, out_dir: Path | None = None, max_pages: int |
             state = inputs.state(uid, s)
             truth = truth if truth is not None and truth.near else inputs.truth(state, action, near=k)
             candidates = candidate_items([truth], state, k, inputs.catalogue_ids, scenario.seed)
-            messages = prediction_messages(text, state, [action], candidates, k, views, history_size=history_size)
-            wm_rows.append(_chat(messages, truth_reply([truth], candidates).model_dump_json()))
+            question = Question.build(state, 1, candidates, k, views)  # the numbered lists learning asks with
+            messages = prediction_messages(text, state, [action], question, views, history_size=history_size)
+            wm_rows.append(_chat(messages, question.answer([truth]).model_dump_json()))
 
     policy_rows: list[dict[str, Any]] = []
+    fmt = decision_format(scenario.policy.reasoning)
     for record in journal.of_kind("reflection"):
         uid, s = record["user_id"], record["step"]
         if uid not in personas or not record.get("reasoning") or s >= len(inputs.steps[uid]):
             continue
         state = inputs.state(uid, s)
         history = [(views[i].title if i in views else i, _rating(r)) for i, r in state.history]
-        agent = PersonaAgent(personas[uid], seed=scenario.seed, history=history, history_size=history_size)
+        agent = PersonaAgent(personas[uid], seed=scenario.seed, history=history, history_size=history_size,
+                             decision_format=fmt)
         page = [views.get(i) or ItemView(i, f"item {i}") for i in state.page]
-        decision = human_decision(state.page, inputs.human_action(uid, s), _thought(record["reasoning"]))
+        decision = human_decision(page, inputs.human_action(uid, s), record["reasoning"], fmt)
         policy_rows.append(_chat(agent.messages(state.page_no, page), decision.model_dump_json()))
 
     _jsonl(out_dir / WORLD_MODEL_FILE, wm_rows)

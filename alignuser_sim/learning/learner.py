@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from alignuser_sim import store
+from alignuser_sim.agent.decision import decision_format
 from alignuser_sim.agent.memory import build_memory, resolve_embedder
 from alignuser_sim.agent.persona_agent import PersonaAgent
 from alignuser_sim.agent.world_hints import hint_genres, hint_text
@@ -54,17 +55,14 @@ from alignuser_sim.learning.reflection import (
 from alignuser_sim.learning.taste import Taste, liked_and_disliked, taste_messages
 from alignuser_sim.learning.world_model import (
     Prediction,
-    candidate_genres,
+    Question,
     candidate_items,
-    check_prediction,
-    labels_for,
     mean_scores,
     prediction_messages,
-    prediction_schema,
     score,
-    world_model_sampling,
 )
 from alignuser_sim.llm.protocol import StructuredLLM, is_transient
+from alignuser_sim.llm.schemas import json_schema_for, reply_budget
 from alignuser_sim.store import LearningFolder
 
 # --- the learner ----------------------------------------------------------------------------------------
@@ -85,7 +83,11 @@ class Learner:
         self.inputs, self.llm, self.journal, self.embedder = inputs, llm, journal, embedder
         self.cfg = inputs.scenario.learning
         self.seed = inputs.scenario.seed
+        # every reply budget is its schema's worst case (none can be cut at it); the scenario's max_tokens
+        # only stands in for a schema that admits unbounded replies (none of learning's does)
         self.max_tokens = inputs.scenario.llm.sampling.max_tokens
+        self.taste_tokens = reply_budget(json_schema_for(Taste), fallback=self.max_tokens)
+        self.reflection_tokens = reply_budget(json_schema_for(Reflection), fallback=self.max_tokens)
         self.counts = RunCounts()
         self._tastes: dict[str, asyncio.Task[str]] = {}
 
@@ -107,7 +109,7 @@ class Learner:
         liked, disliked = liked_and_disliked(self.inputs.consumed.get(persona.user_id, []), self.inputs.views)
         result = await self.llm.call(taste_messages(persona, liked, disliked), Taste,
                                      seed=call_seed(self.seed, "taste", persona.user_id),
-                                     sampling={"max_tokens": min(self.max_tokens, self.cfg.taste_max_tokens)})
+                                     sampling={"max_tokens": self.taste_tokens})
         if is_transient(result.failure):
             self.counts.retry_later[result.failure] += 1
             return ""
@@ -134,7 +136,9 @@ class Learner:
         views = self.inputs.views
         history = [(views[i].title if i in views else i, None if r is None else int(round(r)))
                    for i, r in state.history]
-        agent = PersonaAgent(persona, seed=self.seed, history=history, history_size=self.inputs.history_size)
+        agent = PersonaAgent(persona, seed=self.seed, history=history, history_size=self.inputs.history_size,
+                             decision_format=decision_format(self.inputs.scenario.policy.reasoning),
+                             max_tokens=self.max_tokens)
         if self.cfg.counterfactual_policy == "lessons":
             learned = self.lessons_so_far(state.user_id, state.step)
             if learned:
@@ -194,19 +198,16 @@ class Learner:
         n_examples = self.cfg.world_model_examples if n_examples is None else n_examples
         examples = inputs.examples(state.user_id, state.step, n_examples)
         candidates = candidate_items(truths, state, inputs.k, inputs.catalogue_ids, self.seed)
-        genres = candidate_genres(candidates, inputs.views)
-        labels = labels_for(len(actions))
-        messages = prediction_messages(persona_text, state, actions, candidates, inputs.k, inputs.views, examples,
+        question = Question.build(state, len(actions), candidates, inputs.k, inputs.views)
+        messages = prediction_messages(persona_text, state, actions, question, inputs.views, examples,
                                        history_size=inputs.history_size)
         result = await self.llm.call(
-            messages, Prediction, schema=prediction_schema(labels, candidates, genres),
-            sampling=world_model_sampling(self.max_tokens, labels, candidates, genres),
+            messages, Prediction, schema=question.schema(), sampling=question.sampling(self.max_tokens),
             seed=call_seed(self.seed, kind, state.user_id, state.step))
         if is_transient(result.failure):
             self.counts.retry_later[result.failure] += 1
             return
-        predicted = (check_prediction(result.value, labels, candidates, genres) if result.value is not None
-                     else [None] * len(actions))
+        predicted = question.check(result.value) if result.value is not None else [None] * len(actions)
         self.journal.put({
             "kind": kind, "user_id": state.user_id, "step": state.step, "examples": len(examples),
             "action_ids": action_ids(len(actions)), "candidates": candidates,
@@ -227,7 +228,7 @@ class Learner:
         messages = reflection_messages(persona_text, state, actions[0], truths[0], actions[1:], truths[1:], views,
                                        history_size=self.inputs.history_size)
         result = await self.llm.call(messages, Reflection, seed=reflection_seed(self.seed, state.user_id, state.step),
-                                     sampling={"max_tokens": min(self.max_tokens, self.cfg.reflection_max_tokens)})
+                                     sampling={"max_tokens": self.reflection_tokens})
         if is_transient(result.failure):
             self.counts.retry_later[result.failure] += 1
             return

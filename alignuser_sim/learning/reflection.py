@@ -26,22 +26,27 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignuser_sim.agent.decision import PageDecision, check_decision, page_schema
 from alignuser_sim.agent.persona_agent import HISTORY_SIZE, PersonaAgent
-from alignuser_sim.core import Action, ItemView, NextState, State, call_seed, short_title
-from alignuser_sim.learning.world_model import item_line
+from alignuser_sim.core import Action, ItemView, NextState, State, call_seed
+from alignuser_sim.learning.wording import describe_action, item_lines, page_tags, title
 from alignuser_sim.llm.prompts import build_messages
 from alignuser_sim.llm.protocol import StructuredLLM
 
-LESSON_MAX = 200
-REASONING_MAX = 300
+# The reply's bounds are its token budget (`llm.schemas.reply_budget`: the longest reply the schema admits, at
+# one character per token), and that budget plus the prompt must fit the server's context (2048 tokens on the
+# CPU server): ~1,000 tokens here. The reasoning becomes the policy's `thought` in the fine-tuning data, which
+# holds 200 characters, so a longer one would be cut anyway.
+LESSON_MAX = 120
+REASONING_MAX = 200
+MISTAKES_MAX = 160
 LessonTag = Literal["genre", "rating", "exploration", "exit", "popularity", "other"]
 LESSON_TAGS: tuple[str, ...] = LessonTag.__args__  # type: ignore[attr-defined]
 
 REFLECTION_SYSTEM = (
     "You help a simulated user of a recommender system behave like the real person it stands for. You see "
     "the person, a page of recommendations, what the real person did on it, and what the simulator "
-    "considered doing instead, each with what the recommender showed next. Explain in the first person, as "
+    "considered doing instead, each with what the recommender showed next and how many of those items the "
+    "person really watched later. Explain in the first person, as "
     "the real person, why the real choice fits you better: your taste, your habits, the context, and what "
     "the following pages bring. Say what the alternatives get wrong. Then write 1 to 3 lessons: short, "
     "general rules about how you behave that hold on other pages too (never name a specific title), each "
@@ -60,7 +65,7 @@ class Reflection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     reasoning: str = Field(max_length=REASONING_MAX)  # first person: why I did what I did
-    mistakes: str = Field(max_length=REASONING_MAX)  # what the alternatives get wrong about me
+    mistakes: str = Field(max_length=MISTAKES_MAX)  # what the alternatives get wrong about me
     lessons: list[Lesson] = Field(min_length=1, max_length=3)
 
 
@@ -84,23 +89,22 @@ def sample_seed(seed: int, user_id: str, step: int, j: int) -> int:
 
 async def sample_alternatives(llm: StructuredLLM, agent: PersonaAgent, state: State, human: Action,
                               views: dict[str, ItemView], k: int, temperature: float, seed: int) -> Alternatives:
-    """K policy decisions on the state's page at `temperature`, as distinct actions unlike the human's."""
+    """K policy decisions on the state's page at `temperature`, as distinct actions unlike the human's. The
+    agent asks in its own decision format (the scenario's `policy.reasoning`), with room for the longest
+    reply that format's schema admits (`PersonaAgent.ask`)."""
     page = [views.get(i) or ItemView(i, f"item {i}") for i in state.page]
-    messages = agent.messages(state.page_no, page)
-    schema = page_schema([i.item_id for i in page])
-    results = await asyncio.gather(*(
-        llm.call(messages, PageDecision, seed=sample_seed(seed, state.user_id, state.step, j), schema=schema,
-                 sampling={"temperature": temperature})
+    decisions = await asyncio.gather(*(
+        agent.ask(llm, state.page_no, page, seed=sample_seed(seed, state.user_id, state.step, j),
+                  temperature=temperature)
         for j in range(k)))
     out = Alternatives(actions=[], samples=k)
     seen = {human.key}
-    for result in results:
-        out.prompt_tokens += result.usage.prompt_tokens
-        out.completion_tokens += result.usage.completion_tokens
-        if result.value is None:
-            out.failures.append(result.failure or "unknown")
+    for decision in decisions:
+        out.prompt_tokens += decision.prompt_tokens
+        out.completion_tokens += decision.completion_tokens
+        if decision.failure is not None:
+            out.failures.append(decision.failure)
             continue
-        decision = check_decision(result.value, page)
         action = Action.of({i: None if r is None else float(r) for i, r in decision.ratings.items()},
                            decision.action == "exit")
         if action.key == human.key:
@@ -117,23 +121,28 @@ async def sample_alternatives(llm: StructuredLLM, agent: PersonaAgent, state: St
 
 
 def outcome_text(truth: NextState, views: dict[str, ItemView]) -> str:
-    titles = "; ".join(short_title(views[i]) if i in views else i for i in truth.items)
+    titles = "; ".join(title(i, views) for i in truth.items)
     where = "Next page" if truth.continues else "Next visit would start with"
     genres = ", ".join(truth.genres) or "mixed genres"
-    later = f"{truth.hits} item{'s' if truth.hits != 1 else ''} the person really watched later"
-    return f"{where}: {titles} (mostly {genres}); it holds {later}."
+    return f"{where}: {titles} (mostly {genres}; {truth.hits} watched later)."
 
 
 def reflection_messages(persona_text: str, state: State, human: Action, human_truth: NextState,
                         alternatives: Sequence[Action], alternative_truths: Sequence[NextState],
                         views: dict[str, ItemView], history_size: int = HISTORY_SIZE) -> list[dict[str, str]]:
-    """The reflection prompt, static first: system, persona; recent history; the page and the choices."""
-    page = "\n".join(item_line(views[i]) if i in views else f"- id {i}" for i in state.page)
-    alts = "\n".join(f"- {a.describe(views)}.\n  {outcome_text(t, views)}"
+    """The reflection prompt, static first: system, persona; recent history; the page and the choices. Items
+    by title (ids say nothing to the model and only lengthen the prompt), page items by their place once listed,
+    what the page's items share said once."""
+    tags = page_tags(state.page)
+
+    def name(item_id: str) -> str:
+        return tags.get(item_id) or title(item_id, views)
+
+    alts = "\n".join(f"- {describe_action(a, name)}.\n  {outcome_text(t, views)}"
                      for a, t in zip(alternatives, alternative_truths, strict=True))
     dynamic = (
-        f"Page {state.page_no + 1} of a visit. Recommended items:\n{page}\n\n"
-        f"What the real person did: {human.describe(views)}.\n  {outcome_text(human_truth, views)}\n\n"
+        f"Page {state.page_no + 1} of a visit. Recommended items:\n{item_lines(state.page, views, tags=True)}\n\n"
+        f"What the real person did: {describe_action(human, name)}.\n  {outcome_text(human_truth, views)}\n\n"
         f"What the simulator considered instead:\n{alts}"
     )
     recent = state.recent(views, n=history_size)

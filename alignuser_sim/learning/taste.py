@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from alignuser_sim.core import ItemView, short_title
 from alignuser_sim.data.personas import Persona
 from alignuser_sim.learning.inputs import Consumed
+from alignuser_sim.learning.wording import shared_genres
 from alignuser_sim.llm.prompts import build_messages
 
 TASTE_MAX = 300
@@ -52,10 +53,16 @@ def liked_and_disliked(consumed: Sequence[Consumed], views: dict[str, ItemView])
 
 
 def taste_messages(persona: Persona, liked: list[ItemView], disliked: list[ItemView]) -> list[dict[str, str]]:
-    def lines(views: list[ItemView]) -> str:
-        return "; ".join(short_title(v) + (f" ({', '.join(v.genres[:2])})" if v.genres else "") for v in views)
+    """Static first (system, persona), then the items: titles with at most two genres each, the genres all of
+    them share said once (a dataset's top category levels would otherwise fill every line)."""
+    common = shared_genres([*liked, *disliked])
 
-    parts = [f"Liked: {lines(liked)}" if liked else "Liked: nothing recorded"]
+    def lines(views: list[ItemView]) -> str:
+        return "; ".join(short_title(v) + (f" ({', '.join(g)})" if (g := [x for x in v.genres if x not in common][:2])
+                                           else "") for v in views)
+
+    parts = [f"Every item below: {', '.join(common)}."] if common else []
+    parts.append(f"Liked: {lines(liked)}" if liked else "Liked: nothing recorded")
     if disliked:
         parts.append(f"Disliked: {lines(disliked)}")
     return build_messages(TASTE_SYSTEM, "\n".join(parts) + "\nWrite the taste profile.",

@@ -12,6 +12,8 @@ state afterwards, so no user or action leaks into another.
 The LLM predicts the next state in structured form: which of a set of candidate items (the true next
 pages of the actions asked about, mixed with as many other plausible items) the next page holds, its
 dominant genres, and whether the session goes on. Several actions of one state are predicted in ONE call.
+The reply names candidates and genres by their number in the prompt's lists (`Question`), so its length, and
+the token budget sized from its schema's worst case, do not depend on the dataset's ids or genre names.
 `score` compares a prediction with the truth (item Jaccard / precision / recall, genre Jaccard, continue
 accuracy). In-context examples are other transitions of the same persona with their true outcome.
 
@@ -20,7 +22,6 @@ What the simulation's agents get from the transitions learned here is in `agent/
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -31,8 +32,10 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from alignuser_sim.agent.persona_agent import HISTORY_SIZE
-from alignuser_sim.core import Action, ItemView, NextState, State, short_title, user_rng
+from alignuser_sim.core import Action, ItemView, NextState, State, user_rng
+from alignuser_sim.learning.wording import describe_action, page_tags, title
 from alignuser_sim.llm.prompts import build_messages
+from alignuser_sim.llm.schemas import reply_budget
 from alignuser_sim.recommenders.base import Recommender
 
 MAX_GENRES = 3
@@ -41,15 +44,11 @@ WORLD_MODEL_SYSTEM = (
     "You are the world model of a recommender system. Given a user's state and an action the user "
     "takes on the current page, you predict what happens next. The recommender ranks the items the user has "
     "not seen by what the user watched: watching an item brings similar items up, and an item already shown "
-    "is never shown again. For each action, mark which candidate items are on the next page, list the next "
-    "page's dominant genres (at most 3), and say whether the session goes on (false when the action is exit). "
-    "Answer with JSON only."
+    "is never shown again. Items and genres are numbered, and you answer with their numbers. For each action "
+    "(a1, a2, ...), give in \"next\" the numbers of the candidates on the next page, in \"genres\" the numbers "
+    "of the next page's dominant genres (at most 3), and in \"continues\" whether the session goes on (false "
+    "when the action is exit). Answer with JSON only."
 )
-
-
-def item_line(view: ItemView) -> str:
-    genres = f" ({', '.join(view.genres[:MAX_GENRES])})" if view.genres else ""
-    return f"- id {view.item_id}: {short_title(view)}{genres}"
 
 
 def dominant_genres(views: Sequence[ItemView], top: int = MAX_GENRES) -> list[str]:
@@ -118,8 +117,8 @@ def candidate_items(truths: Sequence[NextState], state: State, k: int, catalogue
 
 class PredictedOutcome(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    next: dict[str, bool]  # candidate id -> on the next page?
-    genres: list[str] = Field(max_length=MAX_GENRES)
+    next: list[int]  # candidate numbers (1-based, as the prompt lists them) on the next page
+    genres: list[int] = Field(max_length=MAX_GENRES)  # genre numbers (1-based) of its dominant genres
     continues: bool
 
 
@@ -130,43 +129,108 @@ class Prediction(BaseModel):
     outcomes: dict[str, PredictedOutcome]
 
 
-def prediction_schema(labels: Sequence[str], candidates: Sequence[str], genres: Sequence[str]) -> dict[str, Any]:
-    """Prediction's schema narrowed to this call: each label and each candidate id a required key, genres an
-    enum of the candidates' genres (what a grammar-constrained server cannot get wrong)."""
-    genre_items: dict[str, Any] = {"type": "string", "enum": list(genres)} if genres else {"type": "string"}
-    outcome = {
-        "type": "object",
-        "properties": {
-            "next": {"type": "object", "properties": {c: {"type": "boolean"} for c in candidates},
-                     "required": list(candidates), "additionalProperties": False},
-            "genres": {"type": "array", "items": genre_items, "maxItems": MAX_GENRES if genres else 0},
-            "continues": {"type": "boolean"},
-        },
-        "required": ["next", "genres", "continues"],
-        "additionalProperties": False,
-    }
-    ref = {"$ref": "#/$defs/Outcome"}
-    return {
-        "$defs": {"Outcome": outcome},
-        "type": "object",
-        "properties": {"outcomes": {"type": "object", "properties": {label: ref for label in labels},
-                                    "required": list(labels), "additionalProperties": False}},
-        "required": ["outcomes"],
-        "additionalProperties": False,
-    }
+def labels_for(n: int) -> list[str]:
+    return [f"a{i + 1}" for i in range(n)]
 
 
-def world_model_sampling(max_tokens: int, labels: Sequence[str], candidates: Sequence[str],
-                         genres: Sequence[str]) -> dict[str, Any]:
-    """Greedy (a predictor, not a persona: its most likely answer); room for the schema's longest reply (no
-    free text in it: ids, booleans, genre names), sized from its compact JSON: long ids (Amazon's ten-digit
-    ISBNs) need more tokens than MovieLens's short ones. SmolLM2 measured ~2 characters per token on such
-    replies; 1.5 leaves a margin."""
-    longest = sorted(genres, key=len, reverse=True)[:MAX_GENRES]
-    reply = {"outcomes": {label: {"next": dict.fromkeys(candidates, False), "genres": longest, "continues": False}
-                          for label in labels}}
-    chars = len(json.dumps(reply, separators=(",", ":")))
-    return {"temperature": 0.0, "max_tokens": min(max_tokens, 32 + math.ceil(chars / 1.5))}
+def candidate_genres(candidates: Iterable[str], views: dict[str, ItemView]) -> list[str]:
+    return sorted({g for c in candidates if c in views for g in views[c].genres})
+
+
+@dataclass
+class Predicted:
+    """One action's predicted outcome, mapped back to ids and genre names."""
+
+    items: list[str]
+    genres: list[str]
+    continues: bool
+    invalid: int = 0  # numbers not offered or repeated (a server that does not enforce the schema)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": self.items, "genres": self.genres, "continues": self.continues, "invalid": self.invalid}
+
+
+@dataclass
+class Question:
+    """What one world-model call asks, as numbered lists: a reply names candidates and genres by their number
+    in the prompt (1-based), never by id or name, so no reply can grow with the length of a dataset's ids
+    (Amazon's ten-character ASINs) or genre names (five-level category paths). `check` maps the numbers back
+    to ids and names before scoring, so the scores are those of the ids."""
+
+    labels: list[str]  # a1, a2, ...: one per action, the human's first
+    candidates: list[str]  # candidate n is candidates[n - 1]
+    genres: list[str]  # every genre of the page and the candidates; genre n is genres[n - 1]
+    allowed: list[int]  # the genre numbers an answer may name: the candidates' (a next page's genres are theirs)
+    k: int  # how many candidates each next page holds
+
+    @classmethod
+    def build(cls, state: State, n_actions: int, candidates: Sequence[str], k: int,
+              views: dict[str, ItemView]) -> Question:
+        genres = candidate_genres([*state.page, *candidates], views)
+        theirs = set(candidate_genres(candidates, views))
+        return cls(labels_for(n_actions), list(candidates), genres,
+                   [n + 1 for n, g in enumerate(genres) if g in theirs], min(k, len(candidates)))
+
+    def schema(self) -> dict[str, Any]:
+        """Prediction's schema narrowed to this call: each label a required key, exactly k candidate numbers,
+        at most 3 of the allowed genre numbers (what a grammar-constrained server cannot get wrong)."""
+        numbers = list(range(1, len(self.candidates) + 1))
+        genre_items: dict[str, Any] = {"type": "integer", "enum": self.allowed} if self.allowed else {"type": "integer"}
+        outcome = {
+            "type": "object",
+            "properties": {
+                "next": {"type": "array", "items": {"type": "integer", "enum": numbers} if numbers else
+                         {"type": "integer"}, "minItems": self.k, "maxItems": self.k},
+                "genres": {"type": "array", "items": genre_items,
+                           "maxItems": min(MAX_GENRES, len(self.allowed))},
+                "continues": {"type": "boolean"},
+            },
+            "required": ["next", "genres", "continues"],
+            "additionalProperties": False,
+        }
+        ref = {"$ref": "#/$defs/Outcome"}
+        return {
+            "$defs": {"Outcome": outcome},
+            "type": "object",
+            "properties": {"outcomes": {"type": "object", "properties": {label: ref for label in self.labels},
+                                        "required": list(self.labels), "additionalProperties": False}},
+            "required": ["outcomes"],
+            "additionalProperties": False,
+        }
+
+    def sampling(self, fallback: int) -> dict[str, Any]:
+        """Greedy (a predictor, not a persona: its most likely answer), and room for the longest reply the
+        schema admits: numbers and booleans only, so a few tokens per action whatever the dataset."""
+        return {"temperature": 0.0, "max_tokens": reply_budget(self.schema(), fallback=fallback)}
+
+    def check(self, reply: Prediction) -> list[Predicted | None]:
+        """The reply's outcome per label (None where the label is missing), numbers mapped back to ids and
+        genre names; numbers not offered, or repeated, are dropped and counted."""
+        allowed = set(self.allowed)
+        out: list[Predicted | None] = []
+        for label in self.labels:
+            outcome = reply.outcomes.get(label)
+            if outcome is None:
+                out.append(None)
+                continue
+            picks = [n for n in dict.fromkeys(outcome.next) if 1 <= n <= len(self.candidates)]
+            kept = [n for n in dict.fromkeys(outcome.genres) if n in allowed]
+            bad = len(outcome.next) - len(picks) + len(outcome.genres) - len(kept)
+            out.append(Predicted([self.candidates[n - 1] for n in picks], [self.genres[n - 1] for n in kept],
+                                 outcome.continues, bad))
+        return out
+
+    def answer(self, truths: Sequence[NextState]) -> Prediction:
+        """The reply a perfect world model gives (the fine-tuning target)."""
+        where = {c: n + 1 for n, c in enumerate(self.candidates)}
+        number = {g: n + 1 for n, g in enumerate(self.genres)}
+        outcomes = {}
+        for label, truth in zip(self.labels, truths, strict=True):
+            outcomes[label] = PredictedOutcome(
+                next=[where[i] for i in truth.items if i in where],
+                genres=[number[g] for g in truth.genres[:MAX_GENRES] if g in number],
+                continues=truth.continues)
+        return Prediction(outcomes=outcomes)
 
 
 @dataclass
@@ -179,86 +243,41 @@ class Example:
 
 
 def example_text(example: Example, views: dict[str, ItemView]) -> str:
-    page = "; ".join(_titled(i, views) for i in example.state.page)
-    nxt = "; ".join(_titled(i, views) for i in example.truth.items)
+    page = "; ".join(title(i, views) for i in example.state.page)
+    nxt = "; ".join(title(i, views) for i in example.truth.items)
     genres = ", ".join(example.truth.genres) or "no clear genre"
-    return (f"Page: {page}. You {example.action.describe(views)}. Next page: {nxt}. "
-            f"Mostly: {genres}.")
+    return (f"Page: {page}. You {describe_action(example.action, lambda i: title(i, views))}. "
+            f"Next page: {nxt}. Mostly: {genres}.")
 
 
-def _titled(item_id: str, views: dict[str, ItemView]) -> str:
-    view = views.get(item_id)
-    if view is None:
-        return item_id
-    return f"{short_title(view)} ({', '.join(view.genres[:2])})" if view.genres else short_title(view)
-
-
-def labels_for(n: int) -> list[str]:
-    return [f"a{i + 1}" for i in range(n)]
-
-
-def prediction_messages(persona_text: str, state: State, actions: Sequence[Action], candidates: Sequence[str],
-                        k: int, views: dict[str, ItemView], examples: Sequence[Example] = (),
+def prediction_messages(persona_text: str, state: State, actions: Sequence[Action], question: Question,
+                        views: dict[str, ItemView], examples: Sequence[Example] = (),
                         history_size: int = HISTORY_SIZE) -> list[dict[str, str]]:
-    """The world-model prompt, static first: system, persona; examples; then the state, actions, candidates."""
+    """The world-model prompt, static first: system, persona; examples; then the state, actions, candidates.
+    Each genre is named once, in the numbered genre list; items carry their genre numbers; the actions name
+    page items by their place on the page (P1, P2, ...)."""
     context = []
     if examples:
         context.append("How this recommender reacted before:\n" + "\n".join(
             f"{n + 1}. {example_text(e, views)}" for n, e in enumerate(examples)))
     context.append(state.recent(views, n=history_size))
-    page = "\n".join(item_line(views[i]) if i in views else f"- id {i}" for i in state.page)
-    acts = "\n".join(f"- {label}: {a.describe(views)}" for label, a in zip(labels_for(len(actions)), actions,
-                                                                             strict=True))
-    cands = "\n".join(item_line(views[i]) if i in views else f"- id {i}" for i in candidates)
-    dynamic = (f"Current page:\n{page}\n\nActions to predict:\n{acts}\n\n"
-               f"Candidates for the next page ({k} of them are on it after each action):\n{cands}")
+    number = {g: n + 1 for n, g in enumerate(question.genres)}
+
+    def line(tag: str, item_id: str) -> str:
+        view = views.get(item_id)
+        tags = ",".join(str(number[g]) for g in dict.fromkeys(view.genres) if g in number) if view else ""
+        return f"{tag}. {title(item_id, views)}" + (f" [{tags}]" if tags else "")
+
+    on_page = page_tags(state.page)
+    genres = "; ".join(f"{n + 1} {g}" for n, g in enumerate(question.genres)) or "none"
+    page = "\n".join(line(on_page[i], i) for i in state.page)
+    acts = "\n".join(f"- {label}: {describe_action(a, lambda i: on_page.get(i) or title(i, views))}"
+                     for label, a in zip(question.labels, actions, strict=True))
+    cands = "\n".join(line(str(n + 1), c) for n, c in enumerate(question.candidates))
+    dynamic = (f"Genres: {genres}\n\nCurrent page (genre numbers in brackets):\n{page}\n\n"
+               f"Actions to predict:\n{acts}\n\n"
+               f"Candidates for the next page ({question.k} of them are on it after each action):\n{cands}")
     return build_messages(WORLD_MODEL_SYSTEM, dynamic, persona=persona_text, context=context)
-
-
-@dataclass
-class Predicted:
-    """One action's predicted outcome after checking it against the candidates."""
-
-    items: list[str]
-    genres: list[str]
-    continues: bool
-    invalid: int = 0  # ids or genres that were not offered (only a server without schemas produces them)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"items": self.items, "genres": self.genres, "continues": self.continues, "invalid": self.invalid}
-
-
-def check_prediction(reply: Prediction, labels: Sequence[str], candidates: Sequence[str],
-                     genres: Sequence[str]) -> list[Predicted | None]:
-    """The reply's outcome per label (None where the label is missing); ids/genres not offered are dropped
-    and counted."""
-    offered, allowed = set(candidates), set(genres)
-    out: list[Predicted | None] = []
-    for label in labels:
-        outcome = reply.outcomes.get(label)
-        if outcome is None:
-            out.append(None)
-            continue
-        items = [i for i, on in outcome.next.items() if on and i in offered]
-        bad = sum(1 for i in outcome.next if i not in offered)
-        kept = [g for g in dict.fromkeys(outcome.genres) if g in allowed]
-        bad += len(outcome.genres) - len(kept)
-        out.append(Predicted(items, kept, outcome.continues, bad))
-    return out
-
-
-def truth_reply(truths: Sequence[NextState], candidates: Sequence[str]) -> Prediction:
-    """The reply a perfect world model gives (the fine-tuning target)."""
-    outcomes = {}
-    for label, truth in zip(labels_for(len(truths)), truths, strict=True):
-        on = set(truth.items)
-        outcomes[label] = PredictedOutcome(next={c: c in on for c in candidates}, genres=truth.genres[:MAX_GENRES],
-                                           continues=truth.continues)
-    return Prediction(outcomes=outcomes)
-
-
-def candidate_genres(candidates: Iterable[str], views: dict[str, ItemView]) -> list[str]:
-    return sorted({g for c in candidates if c in views for g in views[c].genres})
 
 
 # --- scoring -----------------------------------------------------------------------------------------------

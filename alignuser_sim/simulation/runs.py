@@ -6,11 +6,13 @@ A run folder (`store.RunFolder` names its files) holds `scenario.yaml` (the reso
 replayed pages identical. The scenario's `run:` section paces the loop (`RunPlan.driver`, `RunPlan.event_log`).
 
 `run_local` drives a run in this process (tests, notebooks); `actors/launch.py` drives the same plan
-on Ray. Both use `simulation.driver.Driver`.
+on Ray. Both use `simulation.driver.Driver`, and both read the servers' prefix-cache counters around the
+loop (`llm.metrics.PrefixCacheProbe`) for stats.json's `llm.prefix_cache`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -27,7 +29,9 @@ from alignuser_sim.data import Dataset, load_dataset
 from alignuser_sim.data.personas import Persona, build_personas
 from alignuser_sim.data.population import select_population
 from alignuser_sim.errors import UserError
+from alignuser_sim.llm.metrics import PrefixCacheProbe, endpoint_urls, prefix_cache_result
 from alignuser_sim.llm.protocol import StructuredLLM
+from alignuser_sim.recommenders.plugins import check_recommender
 from alignuser_sim.simulation.driver import Driver, LocalRecommender, PageRequest, RecommenderPort, ShardCore
 from alignuser_sim.simulation.events import Event, EventLog, MacroStats
 from alignuser_sim.store import RunFolder
@@ -92,6 +96,7 @@ def plan_run(scenario: Scenario, out: Path | None, n_shards: int) -> RunPlan:
     users = select_population(ds.interactions, scenario.population, scenario.population_seed)
     personas = build_personas(ds, users)
     policy = PolicySetup.for_scenario(scenario, users)  # before writing anything: a missing folder is an error
+    check_recommender(scenario.recommender)  # a plug-in lacking part of the contract, a service not reachable
     shards = shard_layout(users, n_shards)
     folder = RunFolder(run_dir)
     store.write_text(folder.scenario, dump_scenario(scenario))
@@ -111,12 +116,18 @@ def resume_plan(run_dir: Path) -> RunPlan:
     users = [u for ids in shards.values() for u in ids]
     personas = build_personas(ds, sorted(users))
     policy = PolicySetup.for_scenario(scenario, users)
+    check_recommender(scenario.recommender)
     return RunPlan(scenario, folder.path, meta["run_id"], ds, personas, shards, policy)
 
 
 def finish_run(plan: RunPlan, event_log: EventLog, stats: MacroStats, llm: dict[str, Any], elapsed_s: float,
-               agents_done: int) -> dict[str, Any]:
-    """Merge the events, write stats.json, mark the run complete; returns the summary printed to the user."""
+               agents_done: int, prefix_cache: dict[str, Any] | None = None,
+               recommender: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Merge the events, write stats.json, mark the run complete; returns the summary printed to the user.
+    `prefix_cache` (`llm.metrics.PrefixCacheProbe.stop()`: the servers' prefix-cache hits over the loop) goes
+    to stats.json as `llm.prefix_cache` and its hit rate to the summary; nulls where it was not measured.
+    `recommender` (`recommenders.recommender_stats`: an HTTP service's latency and reply problems) goes to
+    stats.json and the summary as `recommender`."""
     path = event_log.finalize()
     summary = stats.summary()
     summary.update({
@@ -125,8 +136,12 @@ def finish_run(plan: RunPlan, event_log: EventLog, stats: MacroStats, llm: dict[
         "decisions_per_s": round(stats.decisions / elapsed_s, 2) if elapsed_s else None,
         "duplicate_events_dropped": event_log.duplicates,
     })
+    cache = prefix_cache or prefix_cache_result(None, None, 0, 0)
+    summary["prefix_cache_hit_rate"] = cache["hit_rate"]
+    summary["recommender"] = recommender or {}
     folder = plan.folder
-    store.write_json(folder.stats, {**stats.to_dict(), "summary": summary, "llm": llm}, default=str)
+    store.write_json(folder.stats, {**stats.to_dict(), "summary": summary, "llm": {**llm, "prefix_cache": cache},
+                                    "recommender": recommender or {}}, default=str)
     folder.update_meta(status="complete", finished=time.time(), events=str(path))
     return summary
 
@@ -140,7 +155,7 @@ async def run_local(plan: RunPlan, llm: StructuredLLM,
 
 async def _run_local(plan: RunPlan, llm: StructuredLLM,
                      on_events: Callable[[list[Event]], None] | None) -> dict[str, Any]:
-    from alignuser_sim.recommenders import make_recommender
+    from alignuser_sim.recommenders import make_recommender, recommender_stats, replay
 
     scenario = plan.scenario
     catalogue = Catalogue(plan.dataset.items)
@@ -150,18 +165,21 @@ async def _run_local(plan: RunPlan, llm: StructuredLLM,
                      policy=plan.policy.subset(ids), max_chunk=scenario.run.max_chunk)
         for i, ids in plan.shards.items()
     }
-    recommender = make_recommender(scenario.recommender, seed=scenario.seed).fit(
+    recommender = make_recommender(scenario.recommender, seed=scenario.seed, run_id=plan.run_id).fit(
         plan.dataset.interactions, plan.dataset.items)
     event_log = plan.event_log()
     driver = plan.driver(lambda i, requests: cores[i].decide(requests), LocalRecommender(recommender), event_log,
                          on_events=on_events)
     existing = event_log.load_existing()
     if existing:
-        for batch in driver.replay(existing):
-            recommender.pages([u for u, _, _ in batch], scenario.pages.items_per_page)
-            recommender.feedback_batch(batch)
+        replay(recommender, driver.replay(existing), scenario.pages.items_per_page)
         for i, core in cores.items():
             core.restore([e for e in existing if e.agent_id in set(plan.shards[i])])
+    probe = await asyncio.to_thread(PrefixCacheProbe(endpoint_urls(llm)).start)
     t0 = time.perf_counter()
     stats = await driver.run()
-    return finish_run(plan, event_log, stats, llm.snapshot(), time.perf_counter() - t0, driver.agents_done)
+    elapsed = time.perf_counter() - t0
+    prefix_cache = await asyncio.to_thread(probe.stop, endpoint_urls(llm))
+    getattr(recommender, "flush", lambda: None)()  # an HTTP service: feedback kept after a failure, once more
+    return finish_run(plan, event_log, stats, llm.snapshot(), elapsed, driver.agents_done, prefix_cache,
+                      recommender_stats(recommender))
