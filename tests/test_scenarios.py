@@ -27,8 +27,9 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
     return exc.value.code, captured.out, captured.err
 
 
-def test_shipped_scenarios_are_the_five_named_ones():
-    assert {p.stem for p in SHIPPED} == {"quickstart", "ml-100k", "ml-1m-agent4rec", "amazon-books", "steam"}
+def test_shipped_scenarios_are_the_named_ones():
+    assert {p.stem for p in SHIPPED} == {"quickstart", "ml-100k", "ml-1m-agent4rec", "ml-1m-eval", "amazon-books",
+                                         "steam"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
