@@ -31,10 +31,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from alignuser_sim.bench.naive import run_sessions
 from alignuser_sim.llm.accounting import LatencyHistogram
 
 if TYPE_CHECKING:
@@ -286,11 +286,7 @@ def agent4rec_loop(
                 on_page()
         INTERVIEW.findall(ask("interview", avatar.interview_messages()) or "")
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=pool_size) as pool:
-        for future in [pool.submit(session, p) for p in personas]:
-            future.result()
-    wall = time.perf_counter() - t0
+    wall = run_sessions(session, personas, pool_size)
     client.close()
     by_kind = {kind: vars(t) for kind, t in tally.items()}
     row: dict[str, Any] = {

@@ -25,6 +25,16 @@ if TYPE_CHECKING:
 AGENT4REC_POOL = 500  # Agent4Rec's simulate_all_avatars: ThreadPoolExecutor(max_workers=500)
 
 
+def run_sessions(session: Callable[[Any], None], personas: Sequence[Any], pool_size: int) -> float:
+    """Every persona's session on a thread pool of `pool_size` (the thread-per-agent loops of the baselines);
+    returns the wall time. A session's exception is raised here."""
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=pool_size) as pool:
+        for future in [pool.submit(session, p) for p in personas]:
+            future.result()
+    return time.perf_counter() - t0
+
+
 def naive_loop(
     personas: Sequence[Persona],
     catalogue: Catalogue,
@@ -93,11 +103,7 @@ def naive_loop(
             if decision is None or decision.action == "exit":
                 return
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=pool_size) as pool:
-        for future in [pool.submit(session, p) for p in personas]:
-            future.result()
-    wall = time.perf_counter() - t0
+    wall = run_sessions(session, personas, pool_size)
     client.close()
     return {
         "mode": f"naive pool {pool_size}", "agents": len(personas), "elapsed_s": round(wall, 2), **totals,
