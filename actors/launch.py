@@ -102,7 +102,12 @@ def llm_endpoints(plan: RunPlan, serve_overrides: dict[str, Any] | None = None) 
     if scenario.serve.replicas > 0 and not scenario.llm.endpoints:
         from .llm_server import ReplicaPool
 
-        with ReplicaPool(scenario.serve, served_model_name=scenario.llm.model, **(serve_overrides or {})) as pool:
+        serve = scenario.serve
+        if scenario.llm.adapters:  # the trained adapters beside the base model (their folders must be on every node)
+            from alignuser_sim.llm.server_command import lora_args
+
+            serve = serve.model_copy(update={"extra_args": [*serve.extra_args, *lora_args(scenario.llm.adapters)]})
+        with ReplicaPool(serve, served_model_name=scenario.llm.model, **(serve_overrides or {})) as pool:
             yield pool.endpoints(), pool
         return
     host = ray.util.get_node_ip_address() if len(alive_nodes()) > 1 else "127.0.0.1"

@@ -29,7 +29,7 @@ class PersonaShard:
         self,
         shard_id: int,
         personas: list[Persona],
-        items: Any,
+        items: Any,  # the plan's items table: what agents see of each item, rating stats included
         llm_config: LLMConfig,
         endpoints: list[str],
         run_id: str,

@@ -3,7 +3,8 @@
 An item as a user sees it (`ItemView`, `Catalogue`), a user's place in a rollout (`State`), what they do on
 a page (`Action`), what the recommender serves after it (`NextState`), and the feedback a page sends back
 to the recommender. They live here, below every package, so data, agents, learning and simulation speak
-the same types without importing each other.
+the same types without importing each other. `Domain` holds the words every prompt uses for the items and
+what users do with them (movies are watched by viewers, games played by players).
 
 Randomness: every draw that must survive a resume or a re-run is seeded from the scenario's seed, the
 user, and a named purpose (`user_rng`), and every LLM call's sampling seed from its identifying parts
@@ -34,6 +35,7 @@ Feedback = tuple[str, dict[str, float | None], list[str]]
 PURPOSE_EVAL_POSITIVES = 0      # evaluation: which held-out positives a user's pages hold
 PURPOSE_EVAL_NEGATIVES = 1      # evaluation: never-rated negatives drawn for a user
 PURPOSE_EVAL_RATINGS = 2        # evaluation: which watched items the rating call asks about
+PURPOSE_EVAL_RANDOM_REFERENCE = 3  # evaluation (+ ratio, page): the `random` reference policy's watches
 PURPOSE_EVAL_PAGES = 100        # + ratio: the evaluation's page order at that ratio
 PURPOSE_LEARN_TRANSITIONS = 101  # learning: which training transitions a persona learns from
 PURPOSE_EXPORT_PAGES = 202      # fine-tuning export: which pages a persona contributes
@@ -54,19 +56,73 @@ def call_seed(*parts: object) -> int:
 # --- items ------------------------------------------------------------------------------------------------
 
 
+# --- the domain's words ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The words prompts use for a dataset's items and what its users do with them: "a regular player who
+    plays widely" for a games dataset, not "a regular viewer who watches". Prose only: JSON keys and schemas
+    (`watched`, `watch`) stay the same in every domain, as parsers and fine-tuning data depend on them."""
+
+    name: str
+    item: str  # movie
+    items: str  # movies
+    consume: str  # watch
+    consumed: str  # watched
+    consumes: str  # watches
+    consuming: str  # watching
+    user: str  # viewer
+    casual_items: str = ""  # films: the plural a user says in a thought (examples); "" = `items`
+
+    @property
+    def spoken_items(self) -> str:
+        return self.casual_items or self.items
+
+
+MOVIES = Domain("movies", "movie", "movies", "watch", "watched", "watches", "watching", "viewer", "films")
+DOMAINS: dict[str, Domain] = {d.name: d for d in (
+    MOVIES,
+    Domain("books", "book", "books", "read", "read", "reads", "reading", "reader"),
+    Domain("games", "game", "games", "play", "played", "plays", "playing", "player"),
+    Domain("products", "product", "products", "buy", "bought", "buys", "buying", "shopper"),
+    Domain("items", "item", "items", "try", "tried", "tries", "trying", "user"),
+)}
+
+
+# --- items ------------------------------------------------------------------------------------------------
+
+
+def stats_suffix(avg_rating: float | None, n_ratings: int) -> str:
+    """An item's popularity as a platform shows it: ' - rated 4.1/5 by 1,234 users'; ' - 1,234 users' where
+    the dataset has no ratings (the users who interacted); '' without either. Short: it is on every line."""
+    if n_ratings <= 0:
+        return ""
+    users = f"{n_ratings:,} user" + ("s" if n_ratings != 1 else "")
+    return f" - rated {avg_rating:.1f}/5 by {users}" if avg_rating is not None else f" - {users}"
+
+
 @dataclass(frozen=True)
 class ItemView:
-    """What a user sees of an item on a page."""
+    """What a user sees of an item on a page, with its rating stats from the training split where the scenario
+    shows them (`pages.show_item_stats`, `data/item_stats.py`)."""
 
     item_id: str
     title: str
     genres: tuple[str, ...] = ()
     description: str = ""
+    avg_rating: float | None = None
+    n_ratings: int = 0
+
+    @property
+    def stats(self) -> str:
+        return stats_suffix(self.avg_rating, self.n_ratings)
 
     def line(self) -> str:
         text = f"- id {self.item_id}: {self.title}"
         if self.genres:
             text += f" ({', '.join(self.genres)})"
+        text += self.stats  # before the description, which is cut mid-sentence
         if self.description:
             text += f". {self.description[:DESCRIPTION_MAX]}"
         return text
@@ -78,18 +134,20 @@ def short_title(view: ItemView) -> str:
 
 
 class Catalogue:
-    """Item id -> what a user sees of it. Built once per process from the items table."""
+    """Item id -> what a user sees of it. Built once per process from the items table; its optional columns
+    `avg_rating` and `n_ratings` (`data/item_stats.py`) travel with the table, to Ray shards too."""
 
     def __init__(self, items: pa.Table):
         ids = items["item_id"].to_pylist()
-        titles = items["title"].to_pylist()
-        genres = items["genres"].to_pylist()
-        descriptions = (
-            items["description"].to_pylist() if "description" in items.column_names else [None] * len(ids)
-        )
+
+        def column(name: str) -> list[Any]:
+            return items[name].to_pylist() if name in items.column_names else [None] * len(ids)
+
         self.views = {
-            i: ItemView(i, t or f"item {i}", tuple(g or ()), d or "")
-            for i, t, g, d in zip(ids, titles, genres, descriptions, strict=True)
+            i: ItemView(i, t or f"item {i}", tuple(g or ()), d or "",
+                        None if a is None or a != a else float(a), int(n or 0))  # a != a: NaN
+            for i, t, g, d, a, n in zip(ids, column("title"), column("genres"), column("description"),
+                                        column("avg_rating"), column("n_ratings"), strict=True)
         }
 
     def page(self, item_ids: Sequence[str]) -> list[ItemView]:
@@ -153,12 +211,12 @@ class State:
     page: list[str]
     future: frozenset[str] = frozenset()  # items the user consumed after this page (training split): not shown
 
-    def recent(self, views: dict[str, ItemView], n: int) -> str:
+    def recent(self, views: dict[str, ItemView], n: int, domain: Domain = MOVIES) -> str:
         if not self.history:
-            return "You have not watched anything yet."
+            return f"You have not {domain.consumed} anything yet."
         shown = [f"{short_title(views[i]) if i in views else i}" + (f" (rated {r:g})" if r is not None else "")
                  for i, r in self.history[-n:]]
-        return "You recently watched: " + "; ".join(shown) + "."
+        return f"You recently {domain.consumed}: " + "; ".join(shown) + "."
 
 
 @dataclass

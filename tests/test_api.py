@@ -79,8 +79,9 @@ def test_evaluate_returns_arrow_tables_and_resumes(scenario, tmp_path):
     result = aus.evaluate(scenario, llm=fake_llm(), out=tmp_path / "eval")
     assert isinstance(result.decisions, pa.Table) and result.decisions.num_rows > 0
     assert isinstance(result.ratings, pa.Table) and result.ratings.num_rows > 0
-    (row,) = result.summary["micro"]
+    (row,) = [r for r in result.summary["micro"] if r["kind"] == "llm"]
     assert row["ratio"] == 1 and row["policy"] == result.summary["micro"][0]["policy"]
+    assert "popularity" in result.references and "item-mean" in result.references
     assert result.path == tmp_path / "eval" / "eval.json" and result.path.exists()
     llm = fake_llm()
     again = aus.evaluate(scenario, llm=llm, out=tmp_path / "eval")

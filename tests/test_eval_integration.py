@@ -24,23 +24,24 @@ def test_eval_against_vllm(vllm_server, tmp_path):
     result = CliRunner().invoke(app, ["eval", str(path)])
     assert result.exit_code == 0, result.output
     folder = tmp_path / "runs" / "live" / "eval"
-    decisions = pq.read_table(folder / "decisions.parquet").to_pylist()
-    ratings = pq.read_table(folder / "ratings.parquet").to_pylist()
+    decisions = [r for r in pq.read_table(folder / "decisions.parquet").to_pylist() if r["policy"] == "prompt-only"]
+    ratings = [r for r in pq.read_table(folder / "ratings.parquet").to_pylist() if r["policy"] == "prompt-only"]
     assert len(decisions) == 2 * 3 and len(ratings) == 2
     summary = json.loads((folder / "eval.json").read_text())
-    assert summary["users"] == 2 and [r["ratio"] for r in summary["micro"]] == [1, 3]
-    for row in summary["micro"]:
+    llm_rows = [r for r in summary["micro"] if r["kind"] == "llm"]  # the reference policies are rows too
+    assert summary["users"] == 2 and [r["ratio"] for r in llm_rows] == [1, 3] and summary["references"]
+    for row in llm_rows:
         assert row["items"] + row["failed_items"] == 2 * 4 * (1 + row["ratio"])
         for metric in ("accuracy", "precision", "recall", "f1"):
             e = row[metric]
             if e["value"] is not None:  # None only when every page of the ratio failed
                 assert 0 <= e["lo"] <= e["value"] <= e["hi"] <= 1
-    (rating,) = summary["ratings"]
+    (rating,) = [r for r in summary["ratings"] if r["kind"] == "llm"]
     assert rating["asked"] == 8 and (rating["coverage"] is None or 0 <= rating["coverage"] <= 1)
     if rating["rmse"]["value"] is not None:
         assert 0 <= rating["mae"]["value"] <= rating["rmse"]["value"] <= 4
     print("\nlive eval:", json.dumps({f"1:{r['ratio']}": {m: r[m]["value"] for m in ("accuracy", "f1")}
-                                      for r in summary["micro"]}), "rmse", rating["rmse"]["value"])
+                                      for r in llm_rows}), "rmse", rating["rmse"]["value"])
     report = CliRunner().invoke(app, ["report", str(folder)])
     assert report.exit_code == 0, report.output
     assert (folder / "plots" / "micro_metrics.png").stat().st_size > 1000

@@ -223,8 +223,11 @@ def test_eval_json_written_by_cli_path(tmp_path):
         assert server.count == calls and again.exit_code == 0
     folder = tmp_path / "runs" / "clitest" / "eval"
     summary = json.loads((folder / "eval.json").read_text())
-    (row,) = summary["micro"]
+    (row,) = [r for r in summary["micro"] if r["kind"] == "llm"]
     assert row["ratio"] == 2 and row["recall"]["value"] == 0.0 and row["accuracy"]["value"] == pytest.approx(2 / 3)
+    assert summary["references"] == ["always-watch", "random", "popularity", "popularity-oracle", "global-mean",
+                                     "item-mean", "user-mean"]  # on by default, beside the LLM policy
+    assert summary["llm"]["calls"] == calls  # the references make no call and are not counted as calls
     assert "0 LLM calls to make" in " ".join(again.output.split())
     assert json.loads((folder / "eval.json").read_text()) == summary
     assert (folder / "decisions.parquet").exists() and not list((folder / "decisions").glob("part-*"))
@@ -308,7 +311,7 @@ def test_two_policies_on_the_same_users_and_pages(tmp_path):
 
     build_report(find_inputs(plan.folder), tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| alignuser - prompt-only | 1:3 | 4 |" in md and md.count("| prompt-only | 1:") == 2
+    assert "| alignuser - prompt-only | 1:3 | 4 |" in md and md.count("| prompt-only | llm | 1:") == 2
 
 
 def test_new_learning_is_not_mixed_with_decisions_made_without_it(tmp_path):
@@ -330,11 +333,12 @@ def test_compact_formats_answer_pages_and_ratings_by_position(tmp_path, reasonin
     """The oracle again, answering by the number each item is listed under: positions map back to the ids."""
     from alignuser_sim.agent.decision import numbered_lines
     from alignuser_sim.core import Catalogue
+    from alignuser_sim.data.item_stats import agent_items
 
     scenario = make_scenario(tmp_path)
     scenario.policy.reasoning = reasoning
     plan = plan_eval(scenario, tmp_path / "eval")
-    catalogue = Catalogue(plan.dataset.items)
+    catalogue = Catalogue(agent_items(plan.dataset))  # as the agents see the items: with their rating stats
     tasks = pending_tasks(plan, set(), set())
     positives = {numbered_lines(catalogue.page(t.items)): [str(n) for n, p in enumerate(t.positive, 1) if p]
                  for t in tasks if t.ratio is not None}

@@ -19,8 +19,10 @@ from alignuser_sim.bench.fake_users import fake_decision
 from alignuser_sim.config import load_scenario, scenario_from_dict
 from alignuser_sim.data import load_dataset
 from alignuser_sim.data.holdout import split_dataset
-from alignuser_sim.learning.inputs import prepare
+from alignuser_sim.learning.inputs import heldout_items, prepare
+from alignuser_sim.learning.journal import Journal
 from alignuser_sim.learning.learner import run_learning, run_world_model_eval
+from alignuser_sim.learning.training_data import policy_examples, world_model_examples
 from alignuser_sim.learning.world_model import Predicted, Prediction, candidate_items, mean_scores, score
 from alignuser_sim.llm.schemas import worst_case_chars
 from alignuser_sim.testing import ScriptedLLM, http_error
@@ -274,15 +276,24 @@ def test_export_writes_chat_jsonl_for_both_tasks(tmp_path):
     policy = [json.loads(line) for line in (tmp_path / "sft" / "policy_sft.jsonl").read_text().splitlines()]
     world = [json.loads(line) for line in (tmp_path / "sft" / "worldmodel_sft.jsonl").read_text().splitlines()]
     reflections = pq.read_table(scenario.learning_dir() / "reflections.parquet").to_pylist()
-    assert len(policy) == sum(1 for r in reflections if r["reasoning"])
+    # stage 2 learns from every training page (here at most 3 per persona), not only the reflected ones
+    assert len(policy) == sum(min(3, len(inputs.steps[u])) for u in inputs.users)
     alternatives = pq.read_table(scenario.learning_dir() / "transitions.parquet")
     n_alt = pc.sum(pc.not_equal(alternatives["action_id"], "human")).as_py()
-    assert len(world) == 3 * len(inputs.users) + n_alt
+    journal = Journal(scenario.learning_dir(), write=False)
+    personas = {u: p for u, p in inputs.personas.items()}
+    _, dropped = world_model_examples(inputs, journal, personas, heldout_items(scenario, inputs.users), 3)
+    assert len(world) == 3 * len(inputs.users) + n_alt - dropped
     for row in policy + world:
         assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
-    decision = PageDecision.model_validate_json(policy[0]["messages"][2]["content"])
-    assert decision.thought == "Dramas are what I come for."
+    for row in policy:
+        PageDecision.model_validate_json(row["messages"][2]["content"])
+    # a reflected page's thought is the reflection's reasoning; the decision is the human's
+    examples = policy_examples(inputs, journal, personas, reflected_only=True)
     first = reflections[0]
+    reflected = next(e for e in examples if (e.user_id, e.step) == (first["user_id"], first["step"]))
+    decision = PageDecision.model_validate_json(reflected.reply)
+    assert decision.thought == "Dramas are what I come for."
     human = inputs.human_action(first["user_id"], first["step"])
     assert {i for i, d in decision.items.items() if d.watch} == set(human.watched_ids)
     prediction = Prediction.model_validate_json(world[0]["messages"][2]["content"])

@@ -13,7 +13,8 @@ much an agent writes per page (`policy.reasoning`):
 
 A `DecisionFormat` holds everything that differs between them: the reply model, its schema narrowed to the
 page (a schema-enforcing server such as vLLM cannot answer an item twice, nor one that is not on the page),
-the format's part of the system prompt (static, so the prefix cache keeps serving it), how the page is
+the format's part of the system prompt (static for a run, so the prefix cache keeps serving it; in the words
+of the scenario's domain, `core.Domain`, while JSON keys stay `watch` / `watched`), how the page is
 listed, and the two mappings between a reply and a `Decision` (which always speaks of item ids). The
 format lives apart from the agent because the same replies are sampled for counterfactuals (learning),
 written as fine-tuning targets, evaluated and benchmarked.
@@ -31,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignuser_sim.core import DESCRIPTION_MAX, ItemView
+from alignuser_sim.core import DESCRIPTION_MAX, MOVIES, Domain, ItemView
 from alignuser_sim.llm.schemas import json_schema_for
 
 Reasoning = Literal["none", "brief", "full"]
@@ -143,17 +144,20 @@ def _none_schema(page: Sequence[ItemView]) -> dict[str, Any]:
 
 
 def id_lines(page: Sequence[ItemView]) -> str:
-    """`- id 42: Title (genres). Description`: the items named by id (`full` answers by id)."""
+    """`- id 42: Title (genres) - rated 4.1/5 by 1,234 users. Description`: the items named by id (`full` answers
+    by id)."""
     return "\n".join(item.line() for item in page)
 
 
 def numbered_lines(page: Sequence[ItemView]) -> str:
-    """`1. Title (genres). Description`: the items by position, no ids (compact replies answer by position)."""
+    """`1. Title (genres) - rated 4.1/5 by 1,234 users. Description`: the items by position, no ids (compact
+    replies answer by position); the stats where the catalogue has them (`ItemView.stats`)."""
     lines = []
     for n, item in enumerate(page, 1):
         text = f"{n}. {item.title}"
         if item.genres:
             text += f" ({', '.join(item.genres)})"
+        text += item.stats
         if item.description:
             text += f". {item.description[:DESCRIPTION_MAX]}"
         lines.append(text)
@@ -233,10 +237,33 @@ ROLE = (
 )
 # The examples are compact JSON on purpose: a model that has seen the exact shape writes its canonical tokens
 # (without them the embedded model spent ~5 tokens a reply more on the same text, 29-30 instead of 22 per page).
-_COMPACT_CHOICE = (
-    "`watched` maps the number of each item you watch to your rating from 1 (hated it) to 5 (loved it); "
-    "leave out the items you skip. `exit` is true to leave, false to see the next page. Answer with JSON only"
-)
+
+
+def _compact_choice(d: Domain) -> str:
+    return (f"`watched` maps the number of each item you {d.consume} to your rating from 1 (hated it) to 5 (loved "
+            "it); leave out the items you skip. `exit` is true to leave, false to see the next page. Answer with "
+            "JSON only")
+
+
+def _full_instructions(d: Domain) -> str:
+    # the key is `watch` in every domain: where the verb is another, say what it means
+    watch = "watch (true or false)" if d.consume == "watch" else f"watch (true if you {d.consume} it, else false)"
+    return (f"For every item on the page give: {watch}, your rating from 1 to 5 if you {d.consume} "
+            "it (null if you do not), and a short feeling. Then choose the action: next_page to see more items, or "
+            "exit to leave. Answer with JSON only, in plain ASCII without emoji. Keep the thought under 30 words "
+            "and each feeling under 12 words.")
+
+
+def _brief_instructions(d: Domain) -> str:
+    return ("The items are numbered. First `thought`: one short sentence (under 15 words, plain ASCII) on what "
+            "you pick and why. Then " + _compact_choice(d) + ', e.g. {"thought":"Nothing here for me.",'
+            '"watched":{},"exit":true} or {"thought":"Two ' + d.spoken_items + ' I like.","watched":{"1":2,"3":5},'
+            '"exit":false}.')
+
+
+def _none_instructions(d: Domain) -> str:
+    return ("The items are numbered. " + _compact_choice(d)
+            + ', e.g. {"watched":{},"exit":false} or {"watched":{"1":2,"3":5},"exit":true}.')
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -245,42 +272,36 @@ class DecisionFormat:
 
     name: Reasoning
     reply: type[BaseModel]  # the pydantic model a reply validates against
-    instructions: str  # the format's part of the system prompt (after ROLE)
+    instructions: Callable[[Domain], str]  # the format's part of the system prompt (after ROLE), in a domain's words
     thought_max: int | None  # longest thought in characters; None: the reply has no thought
     schema: Callable[[Sequence[ItemView]], dict[str, Any]]  # the reply's schema narrowed to this page
     list_page: Callable[[Sequence[ItemView]], str]  # the page's items as the prompt lists them
     to_decision: Callable[[Any, Sequence[ItemView]], Decision]  # a validated reply -> a Decision in ids
     to_reply: Callable[[Decision, Sequence[ItemView]], BaseModel]  # a Decision -> the reply (fine-tuning)
 
+    def system_for(self, domain: Domain) -> str:
+        """The whole system prompt before the persona, in the domain's words: the same for every agent of a run
+        (the prefix cache serves it). JSON keys stay `watch` / `watched` in every domain."""
+        return ROLE + self.instructions(domain)
+
     @property
     def system(self) -> str:
-        """The whole system prompt before the persona: the same for every agent of a run."""
-        return ROLE + self.instructions
+        """The movie domain's system prompt."""
+        return self.system_for(MOVIES)
 
 
 FULL = DecisionFormat(
-    name="full", reply=PageDecision, thought_max=THOUGHT_MAX,
-    instructions=(
-        "For every item on the page give: watch (true or false), your rating from 1 to 5 if you "
-        "watch it (null if you do not), and a short feeling. Then choose the action: next_page to see more "
-        "items, or exit to leave. Answer with JSON only, in plain ASCII without emoji. Keep the thought under "
-        "30 words and each feeling under 12 words."),
+    name="full", reply=PageDecision, thought_max=THOUGHT_MAX, instructions=_full_instructions,
     schema=_full_schema, list_page=id_lines,
     to_decision=check_decision, to_reply=full_reply,
 )
 BRIEF = DecisionFormat(
-    name="brief", reply=BriefDecision, thought_max=BRIEF_THOUGHT_MAX,
-    instructions=("The items are numbered. First `thought`: one short sentence (under 15 words, plain ASCII) "
-                  "on what you pick and why. Then " + _COMPACT_CHOICE + ', e.g. {"thought":"Nothing here for '
-                  'me.","watched":{},"exit":true} or {"thought":"Two films I like.","watched":{"1":2,"3":5},'
-                  '"exit":false}.'),
+    name="brief", reply=BriefDecision, thought_max=BRIEF_THOUGHT_MAX, instructions=_brief_instructions,
     schema=_brief_schema, list_page=numbered_lines,
     to_decision=compact_decision, to_reply=brief_reply,
 )
 NONE = DecisionFormat(
-    name="none", reply=CompactDecision, thought_max=None,
-    instructions=("The items are numbered. " + _COMPACT_CHOICE
-                  + ', e.g. {"watched":{},"exit":false} or {"watched":{"1":2,"3":5},"exit":true}.'),
+    name="none", reply=CompactDecision, thought_max=None, instructions=_none_instructions,
     schema=_none_schema, list_page=numbered_lines,
     to_decision=compact_decision, to_reply=compact_reply,
 )

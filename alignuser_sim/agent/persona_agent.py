@@ -18,7 +18,7 @@ from typing import Protocol
 
 from alignuser_sim.agent.decision import FULL, Decision, DecisionFormat
 from alignuser_sim.config import PolicyConfig, SamplingConfig
-from alignuser_sim.core import ItemView, call_seed
+from alignuser_sim.core import MOVIES, Domain, ItemView, call_seed
 from alignuser_sim.data.personas import Persona
 from alignuser_sim.llm.prompts import build_messages
 from alignuser_sim.llm.protocol import StructuredLLM
@@ -79,10 +79,18 @@ class PersonaAgent:
     decision_format: DecisionFormat = FULL
     max_tokens: int = MAX_TOKENS  # the scenario's `llm.sampling.max_tokens`: only for an unbounded schema
     history: deque = field(default_factory=deque)
+    domain: Domain = MOVIES  # the words of its prompts (the scenario's `dataset.domain`)
+    model: str | None = None  # the served name this agent asks (its trained adapter); None: the client's model
 
     def __post_init__(self) -> None:
         self.history = deque(self.history, maxlen=self.history_size)
-        self._persona_text = self.persona.describe()
+        self._persona_text = self.persona.describe(self.domain)
+        self._system = self.decision_format.system_for(self.domain)  # static for a run: the prefix cache serves it
+
+    @property
+    def persona_text(self) -> str:
+        """The persona as this agent's prompts describe it (in its domain's words)."""
+        return self._persona_text
 
     @property
     def agent_id(self) -> str:
@@ -104,10 +112,10 @@ class PersonaAgent:
     def messages(self, page_no: int, page: list[ItemView]) -> list[dict[str, str]]:
         context = self.policy_context(page)
         if self.history:
-            context.append("You recently watched: " + "; ".join(
+            context.append(f"You recently {self.domain.consumed}: " + "; ".join(
                 f"{title} (you rated {rating})" if rating else title for title, rating in self.history))
         dynamic = f"Page {page_no + 1}. Recommended items:\n" + self.decision_format.list_page(page)
-        return build_messages(self.decision_format.system, dynamic, persona=self._persona_text, context=context)
+        return build_messages(self._system, dynamic, persona=self._persona_text, context=context)
 
     def call_seed(self, session: int, page_no: int) -> int:
         """Same agent, page and run seed -> same seed: a re-run hits the completion cache."""
@@ -130,7 +138,7 @@ class PersonaAgent:
         if temperature is not None:
             sampling["temperature"] = temperature
         result = await llm.call(self.messages(page_no, page), fmt.reply, seed=seed, sampling=sampling,
-                                schema=schema)
+                                schema=schema, model=self.model)
         if result.value is None:
             decision = Decision(ratings={}, feelings={}, thought=None, action="exit", failure=result.failure)
         else:

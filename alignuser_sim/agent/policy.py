@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from alignuser_sim.agent.adapters import check_base, load_adapters
 from alignuser_sim.agent.decision import decision_format
 from alignuser_sim.agent.memory import load_lesson_memories
 from alignuser_sim.agent.persona_agent import (
@@ -32,6 +33,8 @@ from alignuser_sim.agent.persona_agent import (
 )
 from alignuser_sim.agent.world_hints import load_world_model_context
 from alignuser_sim.config import PolicyConfig, Scenario
+from alignuser_sim.core import MOVIES, Domain
+from alignuser_sim.data.domain import dataset_domain
 from alignuser_sim.data.personas import Persona
 from alignuser_sim.errors import UserError
 from alignuser_sim.store import LearningFolder
@@ -57,6 +60,9 @@ class PolicySetup:
     world_model: dict[str, WorldModelContext] = field(default_factory=dict)
     tastes: dict[str, str] = field(default_factory=dict)
     max_tokens: int = MAX_TOKENS  # the scenario's `llm.sampling.max_tokens`: the budget of an unbounded reply
+    domain: Domain = MOVIES  # the words of the agents' prompts (the scenario's `dataset.domain`)
+    models: dict[str, str] = field(default_factory=dict)  # user -> the adapter's served name (alignuser+)
+    adapter_paths: dict[str, Path] = field(default_factory=dict)  # served name -> adapter folder (to serve)
 
     @classmethod
     def prompt_only(cls) -> PolicySetup:
@@ -67,7 +73,7 @@ class PolicySetup:
         """Load what the scenario's policy needs for these users from its learning folder."""
         config = scenario.policy
         folder = scenario.learning_dir()
-        setup = cls(config, max_tokens=scenario.llm.sampling.max_tokens)
+        setup = cls(config, max_tokens=scenario.llm.sampling.max_tokens, domain=dataset_domain(scenario.dataset))
         needs_learning = config.use_lessons or config.use_world_model
         if needs_learning and not folder.is_dir():
             raise UserError(
@@ -79,7 +85,22 @@ class PolicySetup:
             setup.lessons = load_lesson_memories(folder, user_ids, embedder=scenario.learning.embedder)
         if config.use_world_model:
             setup.world_model = load_world_model_context(folder, user_ids)
+        if config.use_adapter:
+            setup.use_adapters(scenario, user_ids)
         return setup
+
+    def use_adapters(self, scenario: Scenario, user_ids: list[str]) -> None:
+        """Each user asks its cluster's trained adapter. Served by the embedded server or the replicas, the
+        adapters must have been trained on the model they serve (checked); external endpoints must serve
+        them under these names themselves (docs/learning.md)."""
+        from alignuser_sim.llm.model_prep import base_model_checksum
+
+        adapters = load_adapters(scenario.learning_dir())
+        if not scenario.llm.endpoints:
+            serving = scenario.serve.model if scenario.serve.replicas else None
+            check_base(adapters, serving, base_model_checksum(serving))
+        self.models = {u: adapters.name_for(u) for u in user_ids}
+        self.adapter_paths = adapters.paths()
 
     def subset(self, user_ids: list[str]) -> PolicySetup:
         """The part of the setup one shard needs."""
@@ -90,6 +111,9 @@ class PolicySetup:
             {u: w for u, w in self.world_model.items() if u in keep},
             {u: t for u, t in self.tastes.items() if u in keep},
             self.max_tokens,
+            domain=self.domain,
+            models={u: m for u, m in self.models.items() if u in keep},
+            adapter_paths=dict(self.adapter_paths),
         )
 
     def persona(self, persona: Persona) -> Persona:
@@ -110,5 +134,15 @@ class PolicySetup:
             world_model_k=self.config.world_model_k,
             decision_format=decision_format(self.config.reasoning),
             max_tokens=self.max_tokens,
+            domain=self.domain,
+            model=self.models.get(uid),
             **kwargs,
         )
+
+
+def serve_adapters(scenario: Scenario, *setups: PolicySetup) -> None:
+    """Name the policies' adapters in the scenario's `llm.adapters`, so the embedded server and the replicas
+    started for it load them (an adapter the scenario names itself is kept)."""
+    for setup in setups:
+        for name, path in setup.adapter_paths.items():
+            scenario.llm.adapters.setdefault(name, path)

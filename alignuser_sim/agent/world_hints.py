@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from alignuser_sim.core import Action, ItemView, NextState, State, short_title
+from alignuser_sim.core import MOVIES, Action, Domain, ItemView, NextState, State, short_title
 from alignuser_sim.store import LearningFolder
 
 TRANSITIONS_FILE = LearningFolder.TRANSITIONS
@@ -24,8 +24,10 @@ def _jaccard(a: set[str], b: set[str]) -> float:
     return 1.0 if not a and not b else len(a & b) / len(a | b)
 
 
-def hint_text(action: Action, truth: NextState, views: dict[str, ItemView], human: bool) -> str:
-    """One transition as a line of advice: what the recommender did after this kind of action."""
+def hint_text(action: Action, truth: NextState, views: dict[str, ItemView], human: bool,
+              domain: Domain = MOVIES) -> str:
+    """One transition as a line of advice: what the recommender did after this kind of action (in the domain's
+    words)."""
     if action.watched:
         watched = ", ".join(
             f"'{short_title(views[i])}'" + (f" ({views[i].genres[0]})" if views[i].genres else "")
@@ -38,10 +40,10 @@ def hint_text(action: Action, truth: NextState, views: dict[str, ItemView], huma
     if human:
         after = "left" if action.exit else "went on"
         page = "your next visit started with" if action.exit else "the next page showed"
-        return f"After you watched {watched} and {after}, {page} mostly {genres}"
+        return f"After you {domain.consumed} {watched} and {after}, {page} mostly {genres}"
     after = "left" if action.exit else "gone on"
     page = "your next visit would have started with" if action.exit else "the next page would have shown"
-    return f"Had you watched {watched} and {after}, {page} mostly {genres}"
+    return f"Had you {domain.consumed} {watched} and {after}, {page} mostly {genres}"
 
 
 def hint_genres(state: State, action: Action, views: dict[str, ItemView]) -> list[str]:

@@ -53,13 +53,18 @@ class LearningResult:
 
 @dataclass
 class EvalResult:
-    """An eval folder: every page decision and rating call (Arrow) and the summary written to `eval.json`."""
+    """An eval folder: every page decision and rating call (Arrow) and the summary written to `eval.json`.
+    The tables hold the reference policies' rows too (`references` names them)."""
 
     folder: Path
     decisions: pa.Table
     ratings: pa.Table
     summary: dict[str, Any]
     path: Path
+
+    @property
+    def references(self) -> list[str]:
+        return list(self.summary.get("references", []))
 
 
 @dataclass

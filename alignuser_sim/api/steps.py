@@ -140,11 +140,16 @@ def learn(scenario: Scenario | str | Path, *, users: int | None = None, folder: 
 
 def evaluate(scenario: Scenario | str | Path, *, policies: Sequence[str] | None = None,
              ratios: Sequence[int] | None = None, users: int | None = None, bootstrap: int | None = None,
-             ratings: bool = True, out: Path | None = None, llm: StructuredLLM | None = None,
-             reporter: Reporter | None = None, on_progress: OnProgress | None = None) -> EvalResult:
+             ratings: bool = True, references: bool = True, out: Path | None = None,
+             llm: StructuredLLM | None = None, reporter: Reporter | None = None,
+             on_progress: OnProgress | None = None) -> EvalResult:
     """Micro evaluation on the held-out items (`out`, default OUTPUT_DIR/NAME/eval): each policy on the same
-    users and pages; `ratios`, `users`, `bootstrap` override the scenario's `eval:`."""
+    users and pages; `ratios`, `users`, `bootstrap` override the scenario's `eval:`. `references`: also the
+    reference policies without an LLM (always-watch, random, popularity, rating means; cheap, written
+    before the LLM calls, what the folder lacks)."""
+    from alignuser_sim.agent.policy import serve_adapters
     from alignuser_sim.evaluation.micro import open_stores, pending_tasks, plan_eval, run_eval
+    from alignuser_sim.evaluation.references import write_references
     from alignuser_sim.evaluation.summary import summarize, write_summary
 
     sc = _scenario(scenario)
@@ -158,7 +163,13 @@ def evaluate(scenario: Scenario | str | Path, *, policies: Sequence[str] | None 
     folder = Path(out) if out is not None else sc.run_dir() / "eval"
     with reporter.status(f"planning the evaluation of {sc.dataset.name}"):
         plan = plan_eval(sc, folder, list(policies) if policies else None, ratings)
+    serve_adapters(sc, *plan.policies.values())  # alignuser+: the embedded server loads the trained adapters
     stores = open_stores(folder, sc.eval.flush_s)
+    if references:
+        with reporter.status("deciding with the reference policies (no LLM)"):
+            written = write_references(plan, stores)
+        if written:
+            reporter.note(f"reference policies: {written} decisions and ratings written")
     tasks = pending_tasks(plan, stores[0].keys, stores[1].keys)
     reporter.note(f"eval folder {folder}: {len(plan.cases)} users ({plan.skipped_users} without held-out items "
                   f"skipped), policies {', '.join(plan.policies)}, ratios {', '.join(f'1:{r}' for r in plan.ratios)}; "

@@ -107,12 +107,17 @@ def data_personas(
     """Derive the population's personas (traits, demographics, taste) and write them as Parquet."""
     scenario = load_scenario(scenario_file)
     path, personas = build_personas_for(scenario, load(scenario), out_dir)
-    print_personas(personas, show)
+    print_personas(personas, show, scenario)
     out.print(f"{len(personas):,} personas written: {path}")
 
 
-def print_personas(personas: list, show: int) -> None:
+def print_personas(personas: list, show: int, scenario: Scenario | None = None) -> None:
     from collections import Counter
+
+    from alignuser_sim.core import MOVIES
+    from alignuser_sim.data.domain import dataset_domain
+
+    domain = dataset_domain(scenario.dataset) if scenario is not None else MOVIES  # the words agents will read
 
     levels = Table(title="trait levels (1 low .. 3 high)", header_style="bold")
     levels.add_column("trait")
@@ -123,4 +128,4 @@ def print_personas(personas: list, show: int) -> None:
         levels.add_row(trait, *(f"{counts.get(i, 0):,}" for i in (1, 2, 3, 0)))
     out.print(levels)
     for persona in personas[:show]:
-        out.print(f"[bold]{persona.user_id}[/bold]: {persona.describe()}")
+        out.print(f"[bold]{persona.user_id}[/bold]: {persona.describe(domain)}")

@@ -49,9 +49,13 @@ def eval_cmd(
     bootstrap: int | None = typer.Option(None, "--bootstrap", min=0, help="Bootstrap draws (default: eval.bootstrap)"),
     out_dir: Path | None = typer.Option(None, "--out", help="Eval folder (default: OUTPUT_DIR/NAME/eval)"),
     ratings: bool = typer.Option(True, "--ratings/--no-ratings", help="Also ask for ratings (RMSE/MAE)"),
+    references: bool = typer.Option(
+        True, "--references/--no-references", help="Also the reference policies without an LLM on the same pages "
+        "(always-watch, random, popularity, popularity-oracle; global/item/user mean ratings)"),
 ) -> None:
     """Micro evaluation: held-out positives mixed with never-seen negatives at each ratio; accuracy, precision,
-    recall, F1, rating RMSE/MAE with 95% bootstrap intervals. Resumable: re-run to finish."""
+    recall, F1, rating RMSE/MAE with 95% bootstrap intervals, beside reference policies that use no LLM.
+    Resumable: re-run to finish."""
     from alignuser_sim.api import evaluate
 
     scenario = load_scenario(scenario_file)
@@ -60,38 +64,52 @@ def eval_cmd(
     interrupted = f"interrupted: what is decided is kept; re-run the same command to finish ({folder})"
     with exit_on_interrupt(interrupted), Bar("eval calls", "failures {task.fields[failures]}", failures=0) as bar:
         result = evaluate(scenario, policies=_names(policies) if policies else None, ratios=ratio_list, users=users,
-                          bootstrap=bootstrap, ratings=ratings, out=folder, reporter=reporter, on_progress=bar)
+                          bootstrap=bootstrap, ratings=ratings, references=references, out=folder, reporter=reporter,
+                          on_progress=bar)
     print_eval(result.summary)
     out.print(f"written: {result.path} (report: alignuser-sim report {folder})")
+
+
+def _difference(d: dict[str, Any]) -> str:
+    return f"{d['policy']} - {d['baseline']}" + (" (best reference)" if d.get("against") == "best reference" else "")
 
 
 def print_eval(summary: dict[str, Any]) -> None:
     from alignuser_sim.evaluation.report import ci
 
     table = Table(title=f"micro evaluation: {summary['dataset']}, {summary['users']} users, 95% bootstrap "
-                        f"({summary['bootstrap']} draws)", header_style="bold")
-    for col in ("policy", "ratio", "items", "accuracy", "precision", "recall", "F1", "failed pages"):
-        table.add_column(col, justify="left" if col == "policy" else "right")
+                        f"({summary['bootstrap']} draws); references use no LLM", header_style="bold")
+    for col in ("policy", "kind", "ratio", "items", "accuracy", "precision", "recall", "F1", "failed pages"):
+        table.add_column(col, justify="left" if col in ("policy", "kind") else "right")
     for r in summary["micro"]:
-        table.add_row(r["policy"], f"1:{r['ratio']}", str(r["items"]), ci(r["accuracy"]), ci(r["precision"]),
-                      ci(r["recall"]), ci(r["f1"]), str(r["failed_pages"]))
+        table.add_row(r["policy"], r.get("kind", "llm"), f"1:{r['ratio']}", str(r["items"]), ci(r["accuracy"]),
+                      ci(r["precision"]), ci(r["recall"]), ci(r["f1"]), str(r["failed_pages"]))
     out.print(table)
     if summary.get("deltas"):
-        table = Table(title="each policy minus the first, paired on the same users", header_style="bold")
+        table = Table(title="each LLM policy minus the first and minus the best reference (highest accuracy at "
+                            "that ratio), paired on the same users", header_style="bold")
         for col in ("difference", "ratio", "users", "accuracy", "F1"):
             table.add_column(col, justify="left" if col == "difference" else "right")
         for d in summary["deltas"]:
-            table.add_row(f"{d['policy']} - {d['baseline']}", f"1:{d['ratio']}", str(d["users"]), ci(d["accuracy"]),
-                          ci(d["f1"]))
+            table.add_row(_difference(d), f"1:{d['ratio']}", str(d["users"]), ci(d["accuracy"]), ci(d["f1"]))
         out.print(table)
     if summary["ratings"]:
-        table = Table(title="rating prediction", header_style="bold")
-        for col in ("policy", "users", "items asked", "coverage", "RMSE", "MAE", "failed calls"):
-            table.add_column(col, justify="left" if col == "policy" else "right")
+        table = Table(title="rating prediction (KL: human || predicted rating histograms)", header_style="bold")
+        for col in ("policy", "kind", "users", "items asked", "coverage", "RMSE", "MAE", "KL", "failed calls"):
+            table.add_column(col, justify="left" if col in ("policy", "kind") else "right")
         for r in summary["ratings"]:
             coverage = "n/a" if r["coverage"] is None else f"{r['coverage']:.2f}"
-            table.add_row(r["policy"], str(r["users"]), str(r["asked"]), coverage, ci(r["rmse"]), ci(r["mae"]),
-                          str(r["failed_calls"]))
+            kl = "n/a" if r.get("kl") is None else f"{r['kl']:.3f}"
+            table.add_row(r["policy"], r.get("kind", "llm"), str(r["users"]), str(r["asked"]), coverage, ci(r["rmse"]),
+                          ci(r["mae"]), kl, str(r["failed_calls"]))
+        out.print(table)
+    if summary.get("rating_deltas"):
+        table = Table(title="rating error: each LLM policy minus the first and minus the best rating reference "
+                            "(lowest RMSE), paired on the same users", header_style="bold")
+        for col in ("difference", "users", "RMSE", "MAE"):
+            table.add_column(col, justify="left" if col == "difference" else "right")
+        for d in summary["rating_deltas"]:
+            table.add_row(_difference(d), str(d["users"]), ci(d["rmse"]), ci(d["mae"]))
         out.print(table)
 
 

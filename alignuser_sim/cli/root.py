@@ -42,6 +42,7 @@ COMMANDS = [
     ("root", "validate", "validate"),
     ("run", "quickstart", "quickstart"),
     ("run", "run", "run"),
+    ("train", "train_cmd", "train"),
 ]
 # (module under alignuser_sim.cli whose `app` is the group, group name, help shown in the command list)
 GROUPS = [

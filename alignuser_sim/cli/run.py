@@ -80,7 +80,7 @@ def quickstart(
     title = f"human rollouts ({scenario.pages.items_per_page} items/page, 1:{scenario.pages.distractor_ratio})"
     out.print(table(title, summary))
     ppath, personas = build_personas_for(scenario, ds)
-    print_personas(personas, 3)
+    print_personas(personas, 3, scenario)
     out.print(f"written: {path}, {ppath}")
     if not scenario.llm.endpoints:
         from alignuser_sim.llm.model_prep import prepare_model

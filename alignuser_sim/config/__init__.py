@@ -9,6 +9,7 @@ from alignuser_sim.config.models import (
     BUILTIN_RECOMMENDERS,
     DatasetConfig,
     DatasetName,
+    DomainWords,
     EvalConfig,
     LearningConfig,
     LLMConfig,
@@ -23,6 +24,7 @@ from alignuser_sim.config.models import (
     ServeConfig,
     Strict,
     TableColumns,
+    TrainConfig,
     recommender_name_problem,
 )
 
@@ -30,6 +32,7 @@ __all__ = [
     "BUILTIN_RECOMMENDERS",
     "DatasetConfig",
     "DatasetName",
+    "DomainWords",
     "EvalConfig",
     "LLMConfig",
     "LearningConfig",
@@ -44,6 +47,7 @@ __all__ = [
     "ServeConfig",
     "Strict",
     "TableColumns",
+    "TrainConfig",
     "dump_scenario",
     "load_scenario",
     "recommender_name_problem",

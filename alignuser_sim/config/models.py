@@ -34,8 +34,27 @@ class TableColumns(Strict):
     description: str | None = None
 
 
+DomainName = Literal["movies", "books", "games", "products", "items"]
+
+
+class DomainWords(Strict):
+    """A domain of your own: the words prompts use for its items and what its users do with them."""
+
+    item: str = Field(min_length=1, description="singular noun, e.g. course")
+    items: str = Field(min_length=1, description="plural noun, e.g. courses")
+    consume: str = Field(min_length=1, description="the verb, e.g. take")
+    consumed: str = Field(min_length=1, description="its past tense, e.g. took")
+    consumes: str = Field(min_length=1, description="third person, e.g. takes")
+    consuming: str = Field(min_length=1, description="-ing form, e.g. taking")
+    user: str = Field(min_length=1, description="what a user is called, e.g. learner")
+
+
 class DatasetConfig(Strict):
     name: DatasetName
+    domain: DomainName | DomainWords | None = Field(
+        default=None, description="The words of every prompt (movies: viewers watch; books: readers read; games: "
+        "players play; products: shoppers buy; items: users try) or your own mapping; None: the dataset's "
+        "(ml-*: movies, amazon-books: books, steam: games, generic: items)")
     path: Path | None = Field(
         default=None,
         description="Folder of the dataset (shared datasets) or None to locate it; relative to the scenario file.",
@@ -132,6 +151,9 @@ class PagesConfig(Strict):
         default=1, description="Distractors per positive: 1 means 1:1, 3 means 1:3. Also accepts '1:3'."
     )
     session_gap_hours: Annotated[float, Field(gt=0)] = 1.0
+    show_item_stats: bool = Field(
+        default=True, description="Show each item's average rating and number of ratings (training split) on "
+        "every page an agent sees, as platforms do; false for the ablation")
 
     @field_validator("distractor_ratio", mode="before")
     @classmethod
@@ -173,6 +195,9 @@ class LLMConfig(Strict):
     endpoint_cooldown_s: Annotated[float, Field(ge=0, le=600)] = Field(
         default=1.0, description="How long an endpoint that failed is skipped by the balancer")
     cache: Literal["off", "read_write", "replay"] = "read_write"
+    adapters: dict[str, Path] = Field(
+        default_factory=dict, description="LoRA adapters the embedded server and serve.replicas load beside the "
+        "base model (served name -> adapter folder); filled from the learning folder for policy alignuser+")
 
     @field_validator("endpoints", mode="before")
     @classmethod
@@ -220,7 +245,7 @@ class PolicyConfig(Strict):
     retrieved lessons and world-model context. `lessons` / `world_model` override the kind's default.
     """
 
-    kind: Literal["prompt-only", "alignuser"] = "prompt-only"
+    kind: Literal["prompt-only", "alignuser", "alignuser+"] = "prompt-only"
     lessons: bool | None = None
     world_model: bool | None = None
     lessons_k: Annotated[int, Field(ge=0, le=20)] = 3
@@ -231,18 +256,30 @@ class PolicyConfig(Strict):
         default="full", description="Decision format: none (watched + ratings + exit), brief (+ one short "
         "thought), full (+ a thought and a feeling per item); see agent/decision.py")
 
+    adapter: bool | None = Field(
+        default=None, description="Ask the trained LoRA adapter (`alignuser-sim train`) instead of the base model; "
+        "None: on for kind alignuser+")
+
     @property
     def use_lessons(self) -> bool:
-        return self.kind == "alignuser" if self.lessons is None else self.lessons
+        return self.kind != "prompt-only" if self.lessons is None else self.lessons
 
     @property
     def use_world_model(self) -> bool:
-        return self.kind == "alignuser" if self.world_model is None else self.world_model
+        return self.kind != "prompt-only" if self.world_model is None else self.world_model
+
+    @property
+    def use_adapter(self) -> bool:
+        return self.kind == "alignuser+" if self.adapter is None else self.adapter
 
     @property
     def label(self) -> str:
-        """prompt-only, +lessons, +world model, alignuser (both): for tables."""
+        """prompt-only, +lessons, +world model, alignuser (both); with the adapter: adapter, adapter+lessons,
+        adapter+world model, alignuser+ (all three). For tables."""
         both = (self.use_lessons, self.use_world_model)
+        if self.use_adapter:
+            return {(False, False): "adapter", (True, False): "adapter+lessons",
+                    (False, True): "adapter+world model", (True, True): "alignuser+"}[both]
         return {(False, False): "prompt-only", (True, False): "+lessons", (False, True): "+world model",
                 (True, True): "alignuser"}[both]
 
@@ -271,6 +308,39 @@ class EvalConfig(Strict):
     k: Annotated[int, Field(gt=0, le=1000)] = 20
     flush_s: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=1.0, description="How often finished decisions are written as a Parquet part")
+
+
+class TrainConfig(Strict):
+    """`alignuser-sim train`: AlignUSER's two stages as LoRA fine-tuning of the policy model (learning/training.py).
+
+    Defaults are sized for the embedded model on 2 CPU cores: about 1,200 examples of ~350 tokens at ~145
+    training tokens/s, about an hour for ML-1M. On a GPU raise the caps and the batch (docs/learning.md)."""
+
+    base_model: str | None = Field(default=None, description="Hugging Face model folder or hub name the adapter "
+                                   "is trained on and served beside; None: the embedded model")
+    world_model_examples: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
+        default=400, description="Stage 1 (next-state prediction) examples at most, drawn over the population")
+    policy_examples: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
+        default=800, description="Stage 2 (the human's decision on a training page) examples at most")
+    heldout_users: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.1, description="Share of the population whose examples are kept out for the held-out loss")
+    heldout_examples: Annotated[int, Field(ge=0, le=100_000)] = Field(
+        default=32, description="Held-out examples per stage for the held-out loss (evaluated before and after)")
+    epochs: Annotated[float, Field(gt=0, le=100)] = 1.0
+    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
+    batch_size: Annotated[int, Field(gt=0, le=4096)] = 4
+    gradient_accumulation: Annotated[int, Field(gt=0, le=4096)] = 1
+    max_length: Annotated[int, Field(gt=16, le=131_072)] = Field(default=1024, description="Tokens per example")
+    lora_r: Annotated[int, Field(gt=0, le=512)] = 16
+    lora_alpha: Annotated[int, Field(gt=0, le=1024)] = 32
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
+    checkpoint_steps: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
+        default=25, description="A resumable checkpoint every this many optimizer steps")
+    eval_steps: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
+        default=50, description="Held-out loss every this many steps (and at each stage's end)")
+    clusters: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=1, description="Per-persona-cluster adapters: stage 2 once per cluster of personas (traits and "
+        "taste), all served by one vLLM (multi-LoRA)")
 
 
 class ServeConfig(Strict):
@@ -315,6 +385,7 @@ class Scenario(Strict):
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
     run: RunConfig = Field(default_factory=RunConfig)
     output_dir: Path = Path("runs")
 

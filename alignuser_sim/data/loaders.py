@@ -41,7 +41,8 @@ def _fingerprint(cfg: DatasetConfig, sources: list[Path], module) -> str:
         for f in files:
             st = f.stat()
             stats.append((str(f.resolve()), st.st_size, st.st_mtime_ns))
-    blob = json.dumps([LOADER_VERSION, cfg.model_dump(mode="json"), stats], sort_keys=True)
+    # the domain changes the prompts' words, not the tables
+    blob = json.dumps([LOADER_VERSION, cfg.model_dump(mode="json", exclude={"domain"}), stats], sort_keys=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 

@@ -10,8 +10,10 @@ dataset (so a level means the same thing whichever population is drawn):
   idiosyncratic; only where ratings exist. (This direction reproduces Agent4Rec's published
   ML-1M levels best; see tests/test_personas.py.) Cuts are by rank, so ties are split (see `levels`).
 
-Demographics come from the users table where the dataset has them; taste text from the dataset where it
-gives one (ML-1M Agent4Rec), otherwise empty until the learning step writes it from the training split.
+The words are the scenario's domain's (`core.Domain`): "an occasional viewer" of movies is "an occasional
+player" of games. Demographics come from the users table where the dataset has them; taste text from the
+dataset where it gives one (ML-1M Agent4Rec), otherwise empty until the learning step writes it from the
+training split.
 """
 
 from __future__ import annotations
@@ -22,15 +24,26 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from alignuser_sim.core import MOVIES, Domain
 from alignuser_sim.data.tables import Dataset
 
 DEMOGRAPHIC_COLUMNS = ("gender", "age", "occupation")
-ACTIVITY_WORDS = {1: "an occasional viewer", 2: "a regular viewer", 3: "a very active viewer"}
-DIVERSITY_WORDS = {
-    1: "sticks to a few genres",
-    2: "enjoys a moderate range of genres",
-    3: "watches widely across genres",
-}
+
+
+def activity_words(domain: Domain = MOVIES) -> dict[int, str]:
+    return {1: f"an occasional {domain.user}", 2: f"a regular {domain.user}", 3: f"a very active {domain.user}"}
+
+
+def diversity_words(domain: Domain = MOVIES) -> dict[int, str]:
+    return {
+        1: "sticks to a few genres",
+        2: "enjoys a moderate range of genres",
+        3: f"{domain.consumes} widely across genres",
+    }
+
+
+ACTIVITY_WORDS = activity_words()  # the movie domain's, as they always were
+DIVERSITY_WORDS = diversity_words()
 CONFORMITY_WORDS = {
     1: "rate close to the crowd's average",
     2: "sometimes depart from the crowd's average",
@@ -50,9 +63,10 @@ class Persona:
     demographics: dict[str, str] = field(default_factory=dict)
     taste: str = ""
 
-    def describe(self) -> str:
-        """The persona as prompt text: stable for a user, so it belongs in the cached prompt prefix."""
-        lines = [f"You are {ACTIVITY_WORDS[self.activity]} who {DIVERSITY_WORDS[self.diversity]}."]
+    def describe(self, domain: Domain = MOVIES) -> str:
+        """The persona as prompt text in the domain's words: stable for a user, so it belongs in the cached
+        prompt prefix."""
+        lines = [f"You are {activity_words(domain)[self.activity]} who {diversity_words(domain)[self.diversity]}."]
         if self.conformity is not None:
             lines.append(f"You {CONFORMITY_WORDS[self.conformity]}.")
         if self.demographics:

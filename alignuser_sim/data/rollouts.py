@@ -76,8 +76,13 @@ def _session_ids(ts: np.ndarray | None, split: list[str | None] | None, gap_s: f
 SPLIT_ORDER = {"train": 0, "valid": 1, "test": 2}
 
 
-def build_rollouts(ds: Dataset, users: list[str], pages: PagesConfig, seed: int) -> pa.Table:
-    """The human rollouts of `users` as one Arrow table (schema ROLLOUTS), one row per page."""
+def build_rollouts(ds: Dataset, users: list[str], pages: PagesConfig, seed: int,
+                   all_interactions: pa.Table | None = None) -> pa.Table:
+    """The human rollouts of `users` as one Arrow table (schema ROLLOUTS), one row per page.
+
+    `all_interactions`: the whole dataset's, when `ds` is its training split: a distractor must be an item the
+    user never rated at all, held-out part included (else a held-out positive would be shown, as skipped, on a
+    training page)."""
     k, p = pages.items_per_page, pages.positives_per_page
     gap_s = pages.session_gap_hours * 3600.0
     item_ids = ds.items["item_id"].to_numpy(zero_copy_only=False).astype(object)
@@ -103,6 +108,13 @@ def build_rollouts(ds: Dataset, users: list[str], pages: PagesConfig, seed: int)
     ts_all = inter["ts"].to_numpy(zero_copy_only=False) if has_ts else None
     split_all = inter["split"].to_pylist()
 
+    elsewhere: dict[str, np.ndarray] = {}
+    if all_interactions is not None:
+        other = all_interactions.filter(pc.is_in(all_interactions["user_id"], value_set=wanted))
+        other_codes = pc.index_in(other["item_id"], value_set=ds.items["item_id"]).to_pylist()
+        for uid, code in zip(other["user_id"].to_pylist(), other_codes, strict=True):
+            if code is not None:  # an item outside the catalogue is never a distractor anyway
+                elsewhere.setdefault(uid, []).append(code)
     boundaries = np.flatnonzero(user_col[1:] != user_col[:-1]) + 1
     starts = np.concatenate([[0], boundaries]).astype(int)
     ends = np.concatenate([boundaries, [len(user_col)]]).astype(int)
@@ -132,6 +144,7 @@ def build_rollouts(ds: Dataset, users: list[str], pages: PagesConfig, seed: int)
         # distractors: items this user never rated, without repeats while the pool lasts
         rated = np.zeros(n_items, dtype=bool)
         rated[u_codes] = True
+        rated[elsewhere.get(uid, [])] = True
         pool = np.flatnonzero(~rated)
         if len(pool) < k - 1:
             raise UserError(

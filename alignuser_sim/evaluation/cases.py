@@ -43,9 +43,11 @@ POLICY_NAMES = {
     "alignuser": {"kind": "alignuser", "lessons": None, "world_model": None},
     "+lessons": {"kind": "alignuser", "lessons": True, "world_model": False},
     "+world-model": {"kind": "alignuser", "lessons": False, "world_model": True},
+    "alignuser+": {"kind": "alignuser+", "lessons": None, "world_model": None},
+    "adapter": {"kind": "alignuser+", "lessons": False, "world_model": False},
 }
 POLICY_ALIASES = {"lessons": "+lessons", "world-model": "+world-model", "+world model": "+world-model",
-                  "prompt_only": "prompt-only"}
+                  "prompt_only": "prompt-only", "alignuser-plus": "alignuser+", "adapter-only": "adapter"}
 
 
 def policy_variant(scenario: Scenario, name: str) -> Scenario:

@@ -36,6 +36,7 @@ from alignuser_sim.config import EvalConfig, PolicyConfig, Scenario, dump_scenar
 from alignuser_sim.core import Catalogue, ItemView, call_seed
 from alignuser_sim.data import Dataset, load_dataset
 from alignuser_sim.data.holdout import split_dataset
+from alignuser_sim.data.item_stats import agent_items
 from alignuser_sim.data.personas import Persona, build_personas
 from alignuser_sim.data.population import select_population
 from alignuser_sim.errors import UserError
@@ -65,7 +66,9 @@ RATINGS = pa.schema([
     pa.field("user_id", pa.string(), nullable=False),
     pa.field("items", pa.list_(pa.string()), nullable=False),
     pa.field("truth", pa.list_(pa.float32()), nullable=False),
-    pa.field("predicted", pa.list_(pa.int8()), nullable=False),  # null: the agent gave no rating
+    # null: the agent gave no rating. float32: the reference policies predict means (evaluation/references.py);
+    # older folders wrote int8, which reads as float32 (pyarrow casts to this schema on read)
+    pa.field("predicted", pa.list_(pa.float32()), nullable=False),
     *CALL_FIELDS,
 ])
 RATING_KEY = ("policy", "user_id")
@@ -89,6 +92,8 @@ def fingerprint(scenario: Scenario) -> dict[str, Any]:
     The population, `eval.users`, the ratios and the policies may change: a user's pages depend only on
     the seed, the data and these settings, so a larger population or a new ratio reuses what is done."""
     dump = scenario.model_dump(mode="json")
+    if dump["dataset"].get("domain") is None:  # the dataset's own domain: matches folders older than the knob
+        dump["dataset"].pop("domain", None)
     mine = {
         "version": PLAN_VERSION, "seed": scenario.seed, "dataset": dump["dataset"],
         "eval": {k: dump["eval"][k] for k in ("positives_per_user", "items_per_page")},
@@ -96,6 +101,8 @@ def fingerprint(scenario: Scenario) -> dict[str, Any]:
     }
     if scenario.policy.reasoning != PolicyConfig().reasoning:  # at its default it matches older folders
         mine["reasoning"] = scenario.policy.reasoning
+    if not scenario.pages.show_item_stats:  # likewise (the default shows them)
+        mine["show_item_stats"] = False
     return mine
 
 
@@ -171,7 +178,8 @@ def claim_folder(folder: Path, scenario: Scenario, users: list[str], learning: d
         recorded[label] = digest
     meta = {"fingerprint": fingerprint(scenario), "bootstrap": scenario.eval.bootstrap, "seed": scenario.seed,
             "scenario": scenario.name, "dataset": scenario.dataset.name, "updated": time.time(),
-            "users": users, "learning": recorded}
+            "users": users, "learning": recorded,
+            **({"references": old["references"]} if "references" in old else {})}  # evaluation/references.py
     store.write_json(layout.plan, meta)
     store.write_text(layout.scenario, dump_scenario(scenario))
 
@@ -255,10 +263,12 @@ RATING_FORMATS = {
 
 def rating_messages(agent: PersonaAgent, items: list, fmt: RatingFormat = RATING_FORMATS["full"],
                     ) -> list[dict[str, str]]:
-    """Persona, the policy's lessons and world-model lines for these items, then the items (static first)."""
-    dynamic = "Items you watched:\n" + fmt.list_items(items)
-    return build_messages(fmt.system, dynamic, persona=agent.persona.describe(),
-                          context=agent.policy_context(items))
+    """Persona, the policy's lessons and world-model lines for these items, then the items (static first); in the
+    agent's domain's words (the movie domain's are the format's own text)."""
+    consumed = agent.domain.consumed
+    system = fmt.system.replace("You watched each item", f"You {consumed} each item")
+    dynamic = f"Items you {consumed}:\n" + fmt.list_items(items)
+    return build_messages(system, dynamic, persona=agent.persona_text, context=agent.policy_context(items))
 
 
 @dataclass
@@ -292,7 +302,7 @@ async def run_eval(plan: EvalPlan, llm: StructuredLLM, tasks: list[Task], stores
     """Decide every task (concurrently: the client's semaphore bounds the calls in flight), storing each
     result as it comes; the stores are flushed whatever happens."""
     decisions, ratings = stores
-    catalogue = Catalogue(plan.dataset.items)
+    catalogue = Catalogue(agent_items(plan.dataset, plan.scenario.pages.show_item_stats))
     agents: dict[tuple[str, str], PersonaAgent] = {}
     for label, setup in plan.policies.items():
         for case in plan.cases:
@@ -318,7 +328,7 @@ async def run_eval(plan: EvalPlan, llm: StructuredLLM, tasks: list[Task], stores
         schema = fmt.schema(task.items)
         budget = reply_budget(schema, fallback=plan.scenario.llm.sampling.max_tokens)
         result = await llm.call(rating_messages(agent, catalogue.page(task.items), fmt), fmt.reply, seed=seed,
-                                schema=schema, sampling={"max_tokens": budget})
+                                schema=schema, sampling={"max_tokens": budget}, model=agent.model)
         answers, invalid = fmt.to_ratings(result.value, task.items) if result.value is not None else ({}, 0)
         ratings.add({
             "policy": task.policy, "user_id": task.user_id, "items": task.items, "truth": task.truth,

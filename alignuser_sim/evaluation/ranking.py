@@ -86,6 +86,10 @@ def fingerprint(scenario: Scenario) -> dict[str, Any]:
         del dump["policy"]["history_size"]  # a knob newer than the first folders: at its default it matches them
     if dump["policy"]["reasoning"] == PolicyConfig().reasoning:
         del dump["policy"]["reasoning"]  # likewise
+    if dump["pages"].get("show_item_stats", True):
+        dump["pages"].pop("show_item_stats", None)  # likewise
+    if dump["dataset"].get("domain") is None:
+        dump["dataset"].pop("domain", None)  # likewise (the dataset's own domain)
     return {key: dump[key] for key in ("seed", "dataset", "population", "pages", "policy")} | {
         "llm": {"model": dump["llm"]["model"], "sampling": dump["llm"]["sampling"]}}
 

@@ -122,6 +122,10 @@ def macro_section(macro: dict[str, Any], images: list[Image]) -> Section:
     return s
 
 
+def _difference(d: dict[str, Any]) -> str:
+    return f"{d['policy']} - {d['baseline']}" + (" (best reference)" if d.get("against") == "best reference" else "")
+
+
 def micro_section(micro: dict[str, Any], images: list[Image]) -> Section:
     s = Section("Micro: preference alignment and ratings")
     s.blocks.append(
@@ -129,22 +133,38 @@ def micro_section(micro: dict[str, Any], images: list[Image]) -> Section:
         f"held-out items (positives) mixed with items they never interacted with (negatives) at 1:r; the agent "
         f"decides page by page and a watched item is a predicted positive. Metrics pooled over items; "
         f"intervals: 95% percentile bootstrap over users, {micro['bootstrap']} draws (seed {micro['seed']}).")
-    rows = [[r["policy"], f"1:{r['ratio']}", str(r["users"]), str(r["items"]), ci(r["accuracy"]), ci(r["precision"]),
-             ci(r["recall"]), ci(r["f1"]), f"{r['failed_pages']} ({r['failed_items']} items)"] for r in micro["micro"]]
-    s.blocks.append(Table(["policy", "ratio", "users", "items", "accuracy", "precision", "recall", "F1",
+    if micro.get("references"):
+        s.blocks.append(
+            "Kind `reference`: policies without any LLM on the very same pages (evaluation/references.py), "
+            "knowing only the training split: always-watch; random at the user's training watch rate; popularity "
+            "(the page's most watched items in training, as many as that rate implies); popularity-oracle (the "
+            "same, told how many positives the page holds: no real policy knows that); for ratings the global, "
+            "item and user mean. A fidelity number counts only above them.")
+    rows = [[r["policy"], r.get("kind", "llm"), f"1:{r['ratio']}", str(r["users"]), str(r["items"]), ci(r["accuracy"]),
+             ci(r["precision"]), ci(r["recall"]), ci(r["f1"]), f"{r['failed_pages']} ({r['failed_items']} items)"]
+            for r in micro["micro"]]
+    s.blocks.append(Table(["policy", "kind", "ratio", "users", "items", "accuracy", "precision", "recall", "F1",
                            "failed pages"], rows))
     if micro.get("deltas"):
-        s.blocks.append("Each policy minus the first, paired on the same users (the interval resamples users once "
-                        "for both policies):")
-        rows = [[f"{d['policy']} - {d['baseline']}", f"1:{d['ratio']}", str(d["users"]),
+        s.blocks.append("Each LLM policy minus the first and minus the best reference (the reference with the "
+                        "highest accuracy at that ratio), paired on the same users (the interval resamples users "
+                        "once for both policies):")
+        rows = [[_difference(d), f"1:{d['ratio']}", str(d["users"]),
                  *(ci(d[m]) for m in ("accuracy", "precision", "recall", "f1"))] for d in micro["deltas"]]
         s.blocks.append(Table(["difference", "ratio", "users", "accuracy", "precision", "recall", "F1"], rows))
     if micro["ratings"]:
         s.blocks.append("Rating prediction: the agent rates held-out items that carry a human rating (one call per "
-                        "user); coverage = items it rated / items asked.")
-        rows = [[r["policy"], str(r["users"]), str(r["asked"]), _num(r["coverage"], 2), ci(r["rmse"]), ci(r["mae"]),
-                 str(r["failed_calls"])] for r in micro["ratings"]]
-        s.blocks.append(Table(["policy", "users", "items asked", "coverage", "RMSE", "MAE", "failed calls"], rows))
+                        "user); coverage = items it rated / items asked. KL = KL(human || predicted) in nats between "
+                        "the rating histograms (rounded to 1..5, +0.5 per bin) of the items both rated.")
+        rows = [[r["policy"], r.get("kind", "llm"), str(r["users"]), str(r["asked"]), _num(r["coverage"], 2),
+                 ci(r["rmse"]), ci(r["mae"]), _num(r.get("kl")), str(r["failed_calls"])] for r in micro["ratings"]]
+        s.blocks.append(Table(["policy", "kind", "users", "items asked", "coverage", "RMSE", "MAE", "KL",
+                               "failed calls"], rows))
+    if micro.get("rating_deltas"):
+        s.blocks.append("Rating error of each LLM policy minus the first and minus the best rating reference (lowest "
+                        "RMSE), paired on the same users (negative: the policy errs less):")
+        rows = [[_difference(d), str(d["users"]), ci(d["rmse"]), ci(d["mae"])] for d in micro["rating_deltas"]]
+        s.blocks.append(Table(["difference", "users", "RMSE", "MAE"], rows))
     s.blocks.extend(images)
     return s
 

@@ -15,9 +15,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from alignuser_sim.config import Scenario
-from alignuser_sim.core import PURPOSE_LEARN_TRANSITIONS, Action, Catalogue, ItemView, NextState, State, user_rng
+from alignuser_sim.core import (
+    MOVIES,
+    PURPOSE_LEARN_TRANSITIONS,
+    Action,
+    Catalogue,
+    Domain,
+    ItemView,
+    NextState,
+    State,
+    user_rng,
+)
 from alignuser_sim.data import load_dataset
+from alignuser_sim.data.domain import dataset_domain
 from alignuser_sim.data.holdout import split_dataset
+from alignuser_sim.data.item_stats import agent_items
 from alignuser_sim.data.personas import Persona, build_personas
 from alignuser_sim.data.population import select_population
 from alignuser_sim.data.rollouts import build_rollouts
@@ -54,6 +66,7 @@ class LearningInputs:
     catalogue_ids: list[str]
     consumed: dict[str, list[Consumed]]  # training interactions, oldest first
     recommender: Recommender | None = None  # fitted on the training split (None: `prepare(fit=False)`)
+    domain: Domain = MOVIES  # the words of every learning prompt (the scenario's `dataset.domain`)
 
     @property
     def k(self) -> int:
@@ -118,6 +131,17 @@ def _consumed(interactions: pa.Table, users: list[str]) -> dict[str, list[Consum
     return out
 
 
+def heldout_items(scenario: Scenario, users: list[str]) -> dict[str, set[str]]:
+    """Each user's held-out items (what the evaluation asks about): training data must never show them."""
+    ds = load_dataset(scenario.dataset)
+    _, heldout = split_dataset(ds)
+    held = heldout.filter(pc.is_in(heldout["user_id"], value_set=pa.array(users, pa.string())))
+    out: dict[str, set[str]] = {}
+    for uid, item in zip(held["user_id"].to_pylist(), held["item_id"].to_pylist(), strict=True):
+        out.setdefault(uid, set()).add(item)
+    return out
+
+
 def prepare(scenario: Scenario, users_limit: int | None = None, fit: bool = True) -> LearningInputs:
     """Load the dataset, keep its training split, draw the population, replay it, fit the recommender."""
     ds = load_dataset(scenario.dataset)
@@ -130,8 +154,8 @@ def prepare(scenario: Scenario, users_limit: int | None = None, fit: bool = True
     if not users:
         raise UserError("population: no user of the population has training interactions to learn from")
     personas = {p.user_id: p for p in build_personas(ds, users)}  # as the simulation builds them
-    rollouts = build_rollouts(train, users, scenario.pages, scenario.seed)
-    catalogue = Catalogue(ds.items)
+    rollouts = build_rollouts(train, users, scenario.pages, scenario.seed, ds.interactions)
+    catalogue = Catalogue(agent_items(ds, scenario.pages.show_item_stats, train=train))  # as agents see items
     recommender = None
     if fit:
         recommender = make_recommender(scenario.recommender, seed=scenario.seed).fit(train.interactions, train.items)
@@ -139,4 +163,5 @@ def prepare(scenario: Scenario, users_limit: int | None = None, fit: bool = True
         scenario=scenario, users=users, personas=personas, steps=_rollout_steps(rollouts),
         views=catalogue.views, catalogue_ids=ds.items["item_id"].to_pylist(),
         consumed=_consumed(train.interactions, users), recommender=recommender,
+        domain=dataset_domain(scenario.dataset),
     )

@@ -107,7 +107,7 @@ class Learner:
         if done is not None:
             return done["taste"] or ""
         liked, disliked = liked_and_disliked(self.inputs.consumed.get(persona.user_id, []), self.inputs.views)
-        result = await self.llm.call(taste_messages(persona, liked, disliked), Taste,
+        result = await self.llm.call(taste_messages(persona, liked, disliked, self.inputs.domain), Taste,
                                      seed=call_seed(self.seed, "taste", persona.user_id),
                                      sampling={"max_tokens": self.taste_tokens})
         if is_transient(result.failure):
@@ -138,7 +138,7 @@ class Learner:
                    for i, r in state.history]
         agent = PersonaAgent(persona, seed=self.seed, history=history, history_size=self.inputs.history_size,
                              decision_format=decision_format(self.inputs.scenario.policy.reasoning),
-                             max_tokens=self.max_tokens)
+                             max_tokens=self.max_tokens, domain=self.inputs.domain)
         if self.cfg.counterfactual_policy == "lessons":
             learned = self.lessons_so_far(state.user_id, state.step)
             if learned:
@@ -159,7 +159,7 @@ class Learner:
                 return False
         actions = [Action.from_dict(a) for a in record["actions"]]
         truths = [NextState.from_dict(t) for t in record["truths"]]
-        text = persona.describe()
+        text = persona.describe(inputs.domain)
         await asyncio.gather(self._world_model(text, state, actions, truths),
                              self._reflect(text, state, actions, truths))
         self.counts.transitions_done += 1
@@ -181,8 +181,8 @@ class Learner:
             "kind": "counterfactuals", "user_id": state.user_id, "step": state.step, "session": state.session,
             "page": state.page_no, "items": state.page,
             "actions": [a.to_dict() for a in actions], "truths": [t.to_dict() for t in truths],
-            "hints": [hint_text(a, t, inputs.views, human=n == 0) for n, (a, t) in enumerate(zip(actions, truths,
-                                                                                                 strict=True))],
+            "hints": [hint_text(a, t, inputs.views, human=n == 0, domain=inputs.domain)
+                      for n, (a, t) in enumerate(zip(actions, truths, strict=True))],
             "hint_genres": [hint_genres(state, a, inputs.views) for a in actions],
             "samples": alts.samples, "failures": alts.failures, "same_as_human": alts.same_as_human,
             "duplicates": alts.duplicates, "lessons_used": len(agent.lessons),
@@ -200,7 +200,7 @@ class Learner:
         candidates = candidate_items(truths, state, inputs.k, inputs.catalogue_ids, self.seed)
         question = Question.build(state, len(actions), candidates, inputs.k, inputs.views)
         messages = prediction_messages(persona_text, state, actions, question, inputs.views, examples,
-                                       history_size=inputs.history_size)
+                                       history_size=inputs.history_size, domain=inputs.domain)
         result = await self.llm.call(
             messages, Prediction, schema=question.schema(), sampling=question.sampling(self.max_tokens),
             seed=call_seed(self.seed, kind, state.user_id, state.step))
@@ -226,7 +226,7 @@ class Learner:
             return
         views = self.inputs.views
         messages = reflection_messages(persona_text, state, actions[0], truths[0], actions[1:], truths[1:], views,
-                                       history_size=self.inputs.history_size)
+                                       history_size=self.inputs.history_size, domain=self.inputs.domain)
         result = await self.llm.call(messages, Reflection, seed=reflection_seed(self.seed, state.user_id, state.step),
                                      sampling={"max_tokens": self.reflection_tokens})
         if is_transient(result.failure):
@@ -248,7 +248,7 @@ class Learner:
     async def evaluate(self, user_id: str, step: int, n_examples: int) -> None:
         state, human = self.inputs.state(user_id, step), self.inputs.human_action(user_id, step)
         persona = await self.persona(user_id)
-        await self._world_model(persona.describe(), state, [human], [self.inputs.truth(state, human,
+        await self._world_model(persona.describe(self.inputs.domain), state, [human], [self.inputs.truth(state, human,
                                                                                         near=self.inputs.k)],
                                 kind=f"wm_eval:{n_examples}", n_examples=n_examples)
         self.counts.transitions_done += 1

@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from alignuser_sim.agent.persona_agent import HISTORY_SIZE, PersonaAgent
-from alignuser_sim.core import Action, ItemView, NextState, State, call_seed
+from alignuser_sim.core import MOVIES, Action, Domain, ItemView, NextState, State, call_seed
 from alignuser_sim.learning.wording import describe_action, item_lines, page_tags, title
 from alignuser_sim.llm.prompts import build_messages
 from alignuser_sim.llm.protocol import StructuredLLM
@@ -42,16 +42,23 @@ MISTAKES_MAX = 160
 LessonTag = Literal["genre", "rating", "exploration", "exit", "popularity", "other"]
 LESSON_TAGS: tuple[str, ...] = LessonTag.__args__  # type: ignore[attr-defined]
 
-REFLECTION_SYSTEM = (
-    "You help a simulated user of a recommender system behave like the real person it stands for. You see "
-    "the person, a page of recommendations, what the real person did on it, and what the simulator "
-    "considered doing instead, each with what the recommender showed next and how many of those items the "
-    "person really watched later. Explain in the first person, as "
-    "the real person, why the real choice fits you better: your taste, your habits, the context, and what "
-    "the following pages bring. Say what the alternatives get wrong. Then write 1 to 3 lessons: short, "
-    "general rules about how you behave that hold on other pages too (never name a specific title), each "
-    "tagged genre, rating, exploration, exit, popularity or other. Answer with JSON only, in plain ASCII."
-)
+
+
+def reflection_system(domain: Domain = MOVIES) -> str:
+    """The reflection's system prompt in the domain's words (static for a run)."""
+    return (
+        "You help a simulated user of a recommender system behave like the real person it stands for. You see "
+        "the person, a page of recommendations, what the real person did on it, and what the simulator "
+        "considered doing instead, each with what the recommender showed next and how many of those items the "
+        f"person really {domain.consumed} later. Explain in the first person, as "
+        "the real person, why the real choice fits you better: your taste, your habits, the context, and what "
+        "the following pages bring. Say what the alternatives get wrong. Then write 1 to 3 lessons: short, "
+        "general rules about how you behave that hold on other pages too (never name a specific title), each "
+        "tagged genre, rating, exploration, exit, popularity or other. Answer with JSON only, in plain ASCII."
+    )
+
+
+REFLECTION_SYSTEM = reflection_system()  # the movie domain's
 
 
 class Lesson(BaseModel):
@@ -120,33 +127,36 @@ async def sample_alternatives(llm: StructuredLLM, agent: PersonaAgent, state: St
 # --- 3. reflection ---------------------------------------------------------------------------------------
 
 
-def outcome_text(truth: NextState, views: dict[str, ItemView]) -> str:
+def outcome_text(truth: NextState, views: dict[str, ItemView], domain: Domain = MOVIES) -> str:
     titles = "; ".join(title(i, views) for i in truth.items)
     where = "Next page" if truth.continues else "Next visit would start with"
     genres = ", ".join(truth.genres) or "mixed genres"
-    return f"{where}: {titles} (mostly {genres}; {truth.hits} watched later)."
+    return f"{where}: {titles} (mostly {genres}; {truth.hits} {domain.consumed} later)."
 
 
 def reflection_messages(persona_text: str, state: State, human: Action, human_truth: NextState,
                         alternatives: Sequence[Action], alternative_truths: Sequence[NextState],
-                        views: dict[str, ItemView], history_size: int = HISTORY_SIZE) -> list[dict[str, str]]:
+                        views: dict[str, ItemView], history_size: int = HISTORY_SIZE,
+                        domain: Domain = MOVIES) -> list[dict[str, str]]:
     """The reflection prompt, static first: system, persona; recent history; the page and the choices. Items
-    by title (ids say nothing to the model and only lengthen the prompt), page items by their place once listed,
-    what the page's items share said once."""
+    by title (ids say nothing to the model and only lengthen the prompt), page items by their place once listed
+    with the rating stats the page showed, what the page's items share said once; in the domain's words."""
     tags = page_tags(state.page)
 
     def name(item_id: str) -> str:
         return tags.get(item_id) or title(item_id, views)
 
-    alts = "\n".join(f"- {describe_action(a, name)}.\n  {outcome_text(t, views)}"
+    alts = "\n".join(f"- {describe_action(a, name, domain)}.\n  {outcome_text(t, views, domain)}"
                      for a, t in zip(alternatives, alternative_truths, strict=True))
+    page = item_lines(state.page, views, tags=True, stats=True)
     dynamic = (
-        f"Page {state.page_no + 1} of a visit. Recommended items:\n{item_lines(state.page, views, tags=True)}\n\n"
-        f"What the real person did: {describe_action(human, name)}.\n  {outcome_text(human_truth, views)}\n\n"
+        f"Page {state.page_no + 1} of a visit. Recommended items:\n{page}\n\n"
+        f"What the real person did: {describe_action(human, name, domain)}.\n"
+        f"  {outcome_text(human_truth, views, domain)}\n\n"
         f"What the simulator considered instead:\n{alts}"
     )
-    recent = state.recent(views, n=history_size)
-    return build_messages(REFLECTION_SYSTEM, dynamic, persona=persona_text, context=[recent])
+    recent = state.recent(views, n=history_size, domain=domain)
+    return build_messages(reflection_system(domain), dynamic, persona=persona_text, context=[recent])
 
 
 def reflection_seed(seed: int, user_id: str, step: int) -> int:

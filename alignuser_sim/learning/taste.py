@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignuser_sim.core import ItemView, short_title
+from alignuser_sim.core import MOVIES, Domain, ItemView, short_title
 from alignuser_sim.data.personas import Persona
 from alignuser_sim.learning.inputs import Consumed
 from alignuser_sim.learning.wording import shared_genres
@@ -52,9 +52,10 @@ def liked_and_disliked(consumed: Sequence[Consumed], views: dict[str, ItemView])
     return liked, disliked
 
 
-def taste_messages(persona: Persona, liked: list[ItemView], disliked: list[ItemView]) -> list[dict[str, str]]:
-    """Static first (system, persona), then the items: titles with at most two genres each, the genres all of
-    them share said once (a dataset's top category levels would otherwise fill every line)."""
+def taste_messages(persona: Persona, liked: list[ItemView], disliked: list[ItemView],
+                   domain: Domain = MOVIES) -> list[dict[str, str]]:
+    """Static first (system, persona in the domain's words), then the items: titles with at most two genres each,
+    the genres all of them share said once (a dataset's top category levels would otherwise fill every line)."""
     common = shared_genres([*liked, *disliked])
 
     def lines(views: list[ItemView]) -> str:
@@ -66,4 +67,4 @@ def taste_messages(persona: Persona, liked: list[ItemView], disliked: list[ItemV
     if disliked:
         parts.append(f"Disliked: {lines(disliked)}")
     return build_messages(TASTE_SYSTEM, "\n".join(parts) + "\nWrite the taste profile.",
-                          persona=persona.describe())
+                          persona=persona.describe(domain))

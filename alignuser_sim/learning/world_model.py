@@ -32,7 +32,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from alignuser_sim.agent.persona_agent import HISTORY_SIZE
-from alignuser_sim.core import Action, ItemView, NextState, State, user_rng
+from alignuser_sim.core import MOVIES, Action, Domain, ItemView, NextState, State, user_rng
 from alignuser_sim.learning.wording import describe_action, page_tags, title
 from alignuser_sim.llm.prompts import build_messages
 from alignuser_sim.llm.schemas import reply_budget
@@ -40,15 +40,22 @@ from alignuser_sim.recommenders.base import Recommender
 
 MAX_GENRES = 3
 
-WORLD_MODEL_SYSTEM = (
-    "You are the world model of a recommender system. Given a user's state and an action the user "
-    "takes on the current page, you predict what happens next. The recommender ranks the items the user has "
-    "not seen by what the user watched: watching an item brings similar items up, and an item already shown "
-    "is never shown again. Items and genres are numbered, and you answer with their numbers. For each action "
-    "(a1, a2, ...), give in \"next\" the numbers of the candidates on the next page, in \"genres\" the numbers "
-    "of the next page's dominant genres (at most 3), and in \"continues\" whether the session goes on (false "
-    "when the action is exit). Answer with JSON only."
-)
+
+
+def world_model_system(domain: Domain = MOVIES) -> str:
+    """The world model's system prompt in the domain's words (static for a run)."""
+    return (
+        "You are the world model of a recommender system. Given a user's state and an action the user "
+        "takes on the current page, you predict what happens next. The recommender ranks the items the user has "
+        f"not seen by what the user {domain.consumed}: {domain.consuming} an item brings similar items up, and an "
+        "item already shown is never shown again. Items and genres are numbered, and you answer with their "
+        "numbers. For each action (a1, a2, ...), give in \"next\" the numbers of the candidates on the next page, "
+        "in \"genres\" the numbers of the next page's dominant genres (at most 3), and in \"continues\" whether "
+        "the session goes on (false when the action is exit). Answer with JSON only."
+    )
+
+
+WORLD_MODEL_SYSTEM = world_model_system()  # the movie domain's
 
 
 def dominant_genres(views: Sequence[ItemView], top: int = MAX_GENRES) -> list[str]:
@@ -242,25 +249,25 @@ class Example:
     truth: NextState
 
 
-def example_text(example: Example, views: dict[str, ItemView]) -> str:
+def example_text(example: Example, views: dict[str, ItemView], domain: Domain = MOVIES) -> str:
     page = "; ".join(title(i, views) for i in example.state.page)
     nxt = "; ".join(title(i, views) for i in example.truth.items)
     genres = ", ".join(example.truth.genres) or "no clear genre"
-    return (f"Page: {page}. You {describe_action(example.action, lambda i: title(i, views))}. "
+    return (f"Page: {page}. You {describe_action(example.action, lambda i: title(i, views), domain)}. "
             f"Next page: {nxt}. Mostly: {genres}.")
 
 
 def prediction_messages(persona_text: str, state: State, actions: Sequence[Action], question: Question,
                         views: dict[str, ItemView], examples: Sequence[Example] = (),
-                        history_size: int = HISTORY_SIZE) -> list[dict[str, str]]:
+                        history_size: int = HISTORY_SIZE, domain: Domain = MOVIES) -> list[dict[str, str]]:
     """The world-model prompt, static first: system, persona; examples; then the state, actions, candidates.
     Each genre is named once, in the numbered genre list; items carry their genre numbers; the actions name
-    page items by their place on the page (P1, P2, ...)."""
+    page items by their place on the page (P1, P2, ...). In the domain's words."""
     context = []
     if examples:
         context.append("How this recommender reacted before:\n" + "\n".join(
-            f"{n + 1}. {example_text(e, views)}" for n, e in enumerate(examples)))
-    context.append(state.recent(views, n=history_size))
+            f"{n + 1}. {example_text(e, views, domain)}" for n, e in enumerate(examples)))
+    context.append(state.recent(views, n=history_size, domain=domain))
     number = {g: n + 1 for n, g in enumerate(question.genres)}
 
     def line(tag: str, item_id: str) -> str:
@@ -271,13 +278,13 @@ def prediction_messages(persona_text: str, state: State, actions: Sequence[Actio
     on_page = page_tags(state.page)
     genres = "; ".join(f"{n + 1} {g}" for n, g in enumerate(question.genres)) or "none"
     page = "\n".join(line(on_page[i], i) for i in state.page)
-    acts = "\n".join(f"- {label}: {describe_action(a, lambda i: on_page.get(i) or title(i, views))}"
+    acts = "\n".join(f"- {label}: {describe_action(a, lambda i: on_page.get(i) or title(i, views), domain)}"
                      for label, a in zip(question.labels, actions, strict=True))
     cands = "\n".join(line(str(n + 1), c) for n, c in enumerate(question.candidates))
     dynamic = (f"Genres: {genres}\n\nCurrent page (genre numbers in brackets):\n{page}\n\n"
                f"Actions to predict:\n{acts}\n\n"
                f"Candidates for the next page ({question.k} of them are on it after each action):\n{cands}")
-    return build_messages(WORLD_MODEL_SYSTEM, dynamic, persona=persona_text, context=context)
+    return build_messages(world_model_system(domain), dynamic, persona=persona_text, context=context)
 
 
 # --- scoring -----------------------------------------------------------------------------------------------

@@ -173,9 +173,13 @@ class LLMClient:
         seed: int | None = None,
         sampling: Mapping[str, Any] | None = None,
         schema: dict[str, Any] | None = None,
+        model: str | None = None,
     ) -> CallResult[T]:
         """Send one structured call; returns a CallResult (never raises for a bad completion or a
         server error; raises ReplayMissError on a cache miss in replay mode).
+
+        `model` asks another name the server serves than the client's (a LoRA adapter beside the base model:
+        per-persona-cluster adapters share one server); it is part of the cache key.
 
         `schema` replaces the schema generated from `output` in the request (it must be a narrowing of
         it, e.g. a page's item ids as an enum); the reply is still validated with `output`."""
@@ -185,12 +189,13 @@ class LLMClient:
             params.update(sampling)
         if schema is None:
             schema = json_schema_for(output)
-        key = cache_key(self.model, msgs, schema, params, seed)
+        model = model or self.model
+        key = cache_key(model, msgs, schema, params, seed)
         self.accounting.add(calls=1)
 
         if not self.cache.enabled:
             self._bind_loop()
-            return await self._complete(msgs, output, schema, params, seed, key)
+            return await self._complete(msgs, output, schema, params, seed, key, model)
         entry = self.cache.get(key)
         if entry is not None:
             return self._from_cache(entry, output, key, msgs)
@@ -211,9 +216,9 @@ class LLMClient:
         future: asyncio.Future[CallResult[Any]] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
-            result = await self._complete(msgs, output, schema, params, seed, key)
+            result = await self._complete(msgs, output, schema, params, seed, key, model)
             if result.failure is None or result.failure in VALIDATION_FAILURES:
-                self._store(key, result, output)
+                self._store(key, result, output, model)
             future.set_result(result)
             return result
         except BaseException as exc:
@@ -257,11 +262,11 @@ class LLMClient:
             endpoint.client = openai_client(endpoint.url, self.api_key, self.timeout_s)
         return await send_chat(endpoint.client, request, self.timeout_s)
 
-    def _store(self, key: str, result: CallResult[Any], output: type[BaseModel]) -> None:
+    def _store(self, key: str, result: CallResult[Any], output: type[BaseModel], model: str) -> None:
         """Cache a result; when another process stored this key first, take its answer (one answer per key)."""
         stored = self.cache.put(key, CacheEntry(
             raw=result.raw, finish_reason=result.finish_reason, prompt_tokens=result.usage.prompt_tokens,
-            completion_tokens=result.usage.completion_tokens, attempts=result.attempts, model=self.model,
+            completion_tokens=result.usage.completion_tokens, attempts=result.attempts, model=model,
         ))
         if stored.raw != result.raw:
             value, kind, error = validate_reply(stored.raw, stored.finish_reason, output)
@@ -276,6 +281,7 @@ class LLMClient:
         params: dict[str, Any],
         seed: int | None,
         key: str,
+        model: str,
     ) -> CallResult[T]:
         assert self._sem is not None
         start = time.perf_counter()
@@ -284,7 +290,7 @@ class LLMClient:
         waited = 0.0  # time spent waiting for a concurrency slot: not part of the call's latency
         avoid: Endpoint | None = None
         request: dict[str, Any] = {
-            "model": self.model,
+            "model": model,
             "messages": msgs,
             "response_format": response_format_for(output, schema),
             **params,

@@ -48,6 +48,7 @@ from alignuser_sim.llm.server_command import (
     check_cpu_environment,
     cpu_has_fast_bf16,
     detect_device,
+    lora_args,
     resolve_model,
     served_name,
     vllm_argv,
@@ -361,10 +362,14 @@ def _stop_group(process: subprocess.Popen[bytes], pgid: int | None, timeout_s: f
 @contextlib.contextmanager
 def embedded_endpoints(config: LLMConfig, **server_kwargs: object) -> Iterator[list[str]]:
     """The endpoints of a scenario: its `llm.endpoints`, or else an embedded vLLM server started for
-    the duration of the block (serving the embedded model under the name `config.model`)."""
+    the duration of the block (serving the embedded model under the name `config.model`, and the
+    scenario's LoRA adapters `llm.adapters` under theirs)."""
     if config.endpoints:
         yield list(config.endpoints)
         return
     server_kwargs.setdefault("served_model_name", config.model)
+    if config.adapters:  # the trained adapters, served beside the base model (policy alignuser+)
+        extra = list(server_kwargs.get("extra_args") or ())  # type: ignore[call-overload]
+        server_kwargs["extra_args"] = extra + lora_args(config.adapters)
     with VLLMServer(**server_kwargs) as server:  # type: ignore[arg-type]
         yield [server.base_url]

@@ -82,6 +82,30 @@ def verify_model(path: Path | None = None, *, checksums: bool = True) -> list[st
     return problems
 
 
+def base_model_checksum(model: str | None) -> str:
+    """A checksum of the weights an adapter is trained on: the embedded model's recorded sha256, a folder's
+    weight files hashed (their sha256s, in name order), or a hub name as it is (nothing local to hash).
+    An adapter only fits the base it was trained on; serving it on another gives garbage, quietly."""
+    if model is None:
+        marker = model_dir() / MARKER
+        try:
+            return str(json.loads(marker.read_text())["files"]["model.safetensors"]["sha256"])
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError("the embedded model is not prepared: run `alignuser-sim llm prepare`") from None
+    path = Path(model)
+    if not path.is_dir():
+        return f"name:{model}"
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+    if not weights:
+        raise UserError(f"{path}: no weight files (*.safetensors) in this model folder")
+    if len(weights) == 1:
+        return sha256_file(weights[0])
+    digest = hashlib.sha256()
+    for file in weights:
+        digest.update(file.name.encode() + sha256_file(file).encode())
+    return digest.hexdigest()
+
+
 def is_prepared(path: Path | None = None, *, checksums: bool = False) -> bool:
     return not verify_model(path, checksums=checksums)
 

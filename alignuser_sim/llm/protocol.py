@@ -86,6 +86,7 @@ class StructuredLLM(Protocol):
         seed: int | None = None,
         sampling: Mapping[str, Any] | None = None,
         schema: dict[str, Any] | None = None,
+        model: str | None = None,
     ) -> CallResult[T]: ...
 
     def snapshot(self) -> dict[str, Any]: ...

@@ -158,3 +158,23 @@ def vllm_env(
     if local:
         env["HF_HUB_OFFLINE"] = "1"
     return env
+
+
+LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
+
+
+def lora_args(adapters: Mapping[str, Path]) -> list[str]:
+    """vLLM's flags to serve LoRA adapters beside the base model (served name -> peft adapter folder): one
+    server answers the base model's name and every adapter's (multi-LoRA)."""
+    if not adapters:
+        return []
+    ranks = []
+    for name, folder in adapters.items():
+        config = Path(folder) / "adapter_config.json"
+        try:
+            ranks.append(int(json.loads(config.read_text())["r"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            raise UserError(f"llm.adapters: {name}: {config} is missing or unreadable (not a peft adapter)") from None
+    rank = next((r for r in LORA_RANKS if r >= max(ranks)), max(ranks))
+    return ["--enable-lora", "--lora-modules", *(f"{n}={Path(f).resolve()}" for n, f in adapters.items()),
+            "--max-lora-rank", str(rank), "--max-loras", str(len(adapters))]

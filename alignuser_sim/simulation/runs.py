@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from alignuser_sim import store
-from alignuser_sim.agent.policy import PolicySetup
+from alignuser_sim.agent.policy import PolicySetup, serve_adapters
 from alignuser_sim.config import Scenario, dump_scenario, load_scenario
 from alignuser_sim.core import Catalogue
 from alignuser_sim.data import Dataset, load_dataset
+from alignuser_sim.data.item_stats import with_agent_items
 from alignuser_sim.data.personas import Persona, build_personas
 from alignuser_sim.data.population import select_population
 from alignuser_sim.errors import UserError
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class RunPlan:
+    """A run's plan. `dataset.items` carries what agents see of each item, the training split's rating stats
+    included (`data/item_stats.py`, `pages.show_item_stats`): it travels as is to the shards."""
+
     scenario: Scenario
     run_dir: Path
     run_id: str
@@ -92,7 +96,7 @@ def new_run_dir(scenario: Scenario, out: Path | None) -> tuple[Path, str]:
 def plan_run(scenario: Scenario, out: Path | None, n_shards: int) -> RunPlan:
     """Load data, draw the population, build personas, lay out shards, and write the run folder."""
     run_dir, run_id = new_run_dir(scenario, out)
-    ds = load_dataset(scenario.dataset)
+    ds = with_agent_items(load_dataset(scenario.dataset), scenario.pages.show_item_stats)
     users = select_population(ds.interactions, scenario.population, scenario.population_seed)
     personas = build_personas(ds, users)
     policy = PolicySetup.for_scenario(scenario, users)  # before writing anything: a missing folder is an error
@@ -101,6 +105,7 @@ def plan_run(scenario: Scenario, out: Path | None, n_shards: int) -> RunPlan:
     folder = RunFolder(run_dir)
     store.write_text(folder.scenario, dump_scenario(scenario))
     folder.write_meta({"run_id": run_id, "shards": shards, "status": "running", "started": time.time()})
+    serve_adapters(scenario, policy)
     return RunPlan(scenario, run_dir, run_id, ds, personas, shards, policy)
 
 
@@ -111,12 +116,13 @@ def resume_plan(run_dir: Path) -> RunPlan:
         raise UserError(f"{run_dir}: not a run folder (no run.json)")
     meta = folder.meta()
     scenario = load_scenario(folder.scenario)
-    ds = load_dataset(scenario.dataset)
+    ds = with_agent_items(load_dataset(scenario.dataset), scenario.pages.show_item_stats)
     shards = folder.shards()
     users = [u for ids in shards.values() for u in ids]
     personas = build_personas(ds, sorted(users))
     policy = PolicySetup.for_scenario(scenario, users)
     check_recommender(scenario.recommender)
+    serve_adapters(scenario, policy)
     return RunPlan(scenario, folder.path, meta["run_id"], ds, personas, shards, policy)
 
 

@@ -149,7 +149,28 @@ class LearningFolder(_Folder):
     SUMMARY = "summary.json"
     WORLD_MODEL_EVAL = "worldmodel_eval.json"
     LOCK = ".learn.lock"
+    # `alignuser-sim train`: checkpoints per stage under training/, the served adapters under adapters/
+    TRAINING = "training"
+    ADAPTERS = "adapters"
+    ADAPTERS_MANIFEST = "adapters.json"
+    TRAIN_LOCK = ".train.lock"
 
     def lock(self) -> FolderLock:
         """One `learn` per folder: two would append to one journal and rewrite the same Parquet files."""
         return FolderLock(self.path, self.LOCK, busy="another `alignuser-sim learn` is working in this folder")
+
+    def train_lock(self) -> FolderLock:
+        """One `train` per folder: two would write the same checkpoints."""
+        return FolderLock(self.path, self.TRAIN_LOCK, busy="another `alignuser-sim train` is working on this folder")
+
+    @property
+    def training(self) -> Path:
+        return self.path / self.TRAINING
+
+    @property
+    def adapters(self) -> Path:
+        return self.path / self.ADAPTERS
+
+    @property
+    def adapters_manifest(self) -> Path:
+        return self.adapters / self.ADAPTERS_MANIFEST

@@ -1,0 +1,117 @@
+"""Item rating stats on the page (`data/item_stats.py`): computed from the training split only, shown in both
+line formats, read by the Catalogue from the items table, and gone with `pages.show_item_stats: false`."""
+
+import pyarrow as pa
+import pytest
+
+from alignuser_sim.agent.decision import id_lines, numbered_lines
+from alignuser_sim.config import scenario_from_dict
+from alignuser_sim.core import Catalogue, ItemView, stats_suffix
+from alignuser_sim.data.holdout import split_dataset
+from alignuser_sim.data.item_stats import agent_items, with_agent_items, with_item_stats, without_item_stats
+from alignuser_sim.data.tables import Dataset, make_interactions, make_items
+from alignuser_sim.evaluation import micro, ranking
+
+
+def tiny(heldout_rating: float = 1.0, ratings: bool = True) -> Dataset:
+    """Item a: three training ratings (4, 4, 5) and one held-out (the `test` split); b: one training rating;
+    c: never rated."""
+    users = ["u1", "u2", "u3", "u4", "u1", "u2"]
+    items = ["a", "a", "a", "a", "b", "b"]
+    rating = [4.0, 4.0, 5.0, heldout_rating, 3.0, 2.0] if ratings else None
+    split = ["train", "train", "train", "test", "train", "test"]
+    return Dataset(
+        name="tiny",
+        interactions=make_interactions(users, items, rating=rating, split=split),
+        items=make_items(["a", "b", "c"], ["Alpha", "Beta", "Gamma"], [["Drama"], [], ["Comedy"]],
+                         ["A long story.", None, None]),
+        users=pa.table({"user_id": ["u1", "u2", "u3", "u4"]}),
+    )
+
+
+def views(items: pa.Table) -> dict[str, ItemView]:
+    return Catalogue(items).views
+
+
+def test_stats_come_from_the_training_split_only():
+    ds = tiny(heldout_rating=1.0)
+    train, heldout = split_dataset(ds)
+    assert heldout.num_rows == 2  # the held-out rows exist, and are left out of the stats
+    a, b, c = (views(agent_items(ds))[i] for i in "abc")
+    assert a.avg_rating == pytest.approx(13 / 3) and a.n_ratings == 3
+    assert b.avg_rating == 3.0 and b.n_ratings == 1
+    assert c.avg_rating is None and c.n_ratings == 0 and c.stats == ""
+    # another held-out rating changes nothing the agent is shown
+    assert views(agent_items(tiny(heldout_rating=5.0))) == views(agent_items(ds))
+    # the training split the caller already has gives the same table
+    assert agent_items(ds, train=train).equals(agent_items(ds))
+
+
+def test_without_ratings_the_count_is_the_users_who_interacted():
+    ds = tiny(ratings=False)
+    a = views(agent_items(ds))["a"]
+    assert a.avg_rating is None and a.n_ratings == 3  # u1, u2, u3 in training (u4's row is held out)
+    assert a.stats == " - 3 users"
+    repeated = make_interactions(["u1", "u1", "u2"], ["a", "a", "a"])  # a user counts once
+    assert views(with_item_stats(ds.items, repeated))["a"].n_ratings == 2
+
+
+def test_suffix_in_both_line_formats():
+    item = ItemView("42", "Alpha", ("Drama",), "A long story.", avg_rating=4.06, n_ratings=1234)
+    assert item.line() == "- id 42: Alpha (Drama) - rated 4.1/5 by 1,234 users. A long story."
+    assert id_lines([item]) == item.line()
+    assert numbered_lines([item]) == "1. Alpha (Drama) - rated 4.1/5 by 1,234 users. A long story."
+    assert stats_suffix(None, 1234) == " - 1,234 users" and stats_suffix(3.0, 1) == " - rated 3.0/5 by 1 user"
+    plain = ItemView("42", "Alpha", ("Drama",), "A long story.")
+    assert plain.line() == "- id 42: Alpha (Drama). A long story."  # no stats: the line as it always was
+    assert numbered_lines([plain]) == "1. Alpha (Drama). A long story."
+
+
+def test_catalogue_reads_the_optional_columns():
+    items = make_items(["a", "b", "c"], ["Alpha", "Beta", None], [["Drama"], [], []]).append_column(
+        "avg_rating", pa.array([4.5, float("nan"), None], pa.float64())).append_column(
+        "n_ratings", pa.array([10, 3, None], pa.int64()))
+    a, b, c = (Catalogue(items).views[i] for i in "abc")
+    assert (a.avg_rating, a.n_ratings) == (4.5, 10)
+    assert (b.avg_rating, b.n_ratings) == (None, 3)  # NaN reads as no average
+    assert (c.avg_rating, c.n_ratings, c.title) == (None, 0, "item c")
+    assert Catalogue(make_items(["a"], ["Alpha"], [[]])).views["a"].stats == ""  # a table without the columns
+
+
+def test_switch_off_removes_them_everywhere():
+    ds = tiny()
+    off = agent_items(ds, show=False)
+    assert "avg_rating" not in off.column_names and "n_ratings" not in off.column_names
+    assert without_item_stats(agent_items(ds)).equals(ds.items)
+    assert "rated" not in numbered_lines(list(views(off).values()))
+    assert "avg_rating" in with_agent_items(ds).items.column_names
+    assert with_agent_items(ds, show=False).items.equals(ds.items)
+    # the scenario's switch: on by default, recorded by the eval and compare fingerprints only when off
+    base = {"name": "t", "dataset": {"name": "ml-100k"}}
+    on, off_scenario = scenario_from_dict(base), scenario_from_dict({**base, "pages": {"show_item_stats": False}})
+    assert on.pages.show_item_stats and not off_scenario.pages.show_item_stats
+    assert "show_item_stats" not in micro.fingerprint(on)
+    assert micro.fingerprint(off_scenario)["show_item_stats"] is False
+    assert "domain" not in micro.fingerprint(on)["dataset"]  # a knob at its default matches older folders
+    assert "show_item_stats" not in ranking.fingerprint(on)["pages"]
+    assert ranking.fingerprint(off_scenario)["pages"]["show_item_stats"] is False
+
+
+def test_simulation_and_learning_catalogues_carry_the_stats(tmp_path):
+    """ML-100K: the run plan's items table (what the shards get) and learning's views hold the training
+    split's stats; the switch off leaves the plan's table as loaded."""
+    from alignuser_sim.learning.inputs import prepare
+    from alignuser_sim.simulation.runs import plan_run
+
+    base = {"name": "stats", "seed": 3, "dataset": {"name": "ml-100k"}, "population": {"size": 3},
+            "llm": {"endpoints": ["http://127.0.0.1:9/v1"], "cache": "off"}, "output_dir": str(tmp_path)}
+    plan = plan_run(scenario_from_dict(base), tmp_path / "on", n_shards=1)
+    assert {"avg_rating", "n_ratings"} <= set(plan.dataset.items.column_names)
+    train, _ = split_dataset(plan.dataset)
+    assert plan.dataset.items.equals(with_item_stats(plan.dataset.items, train.interactions))
+    shown = [v for v in Catalogue(plan.dataset.items).views.values() if v.n_ratings]
+    assert shown and all(1 <= v.avg_rating <= 5 for v in shown)
+    off = plan_run(scenario_from_dict({**base, "pages": {"show_item_stats": False}}), tmp_path / "off", n_shards=1)
+    assert "avg_rating" not in off.dataset.items.column_names
+    inputs = prepare(scenario_from_dict(base), users_limit=2, fit=False)
+    assert any(v.n_ratings for v in inputs.views.values())
