@@ -68,11 +68,11 @@ def test_report_files_and_plots(results):
     run_dir, _ = results
     md = (run_dir / "report.md").read_text()
     html = (run_dir / "report.html").read_text()
-    for title in ("Macro", "Micro", "Recommender ranking"):
+    for title in ("Macro", "Discriminator", "Micro", "Recommender ranking"):
         assert f"## {title}" in md and f"<h2>{title}" in html
     pngs = sorted((run_dir / "plots").glob("*.png"))
-    assert [p.name for p in pngs] == ["macro_distributions.png", "macro_genres.png", "micro_metrics.png",
-                                      "ranking.png"]
+    assert [p.name for p in pngs] == ["discriminator.png", "macro_distributions.png", "macro_genres.png",
+                                      "micro_metrics.png", "ranking.png"]
     for png in pngs:
         assert f"](plots/{png.name})" in md
         with Image.open(png) as img:
@@ -99,6 +99,10 @@ def test_report_numbers_come_from_the_files(results):
     md = (run_dir / "report.md").read_text()
     assert f"| rating | {dist['n_human']} | {dist['n_simulated']} |" in md
     assert f"{dist['kl']:.3f}" in md
+    disc = data["discriminator"]  # one session per simulated user; the AUC in the table is report.json's
+    assert disc["users"] == 12 and disc["sessions"]["simulated"] == len({e["agent_id"] for e in events})
+    auc = disc["auc"]["logistic"]
+    assert f"| logistic regression | {auc['value']:.3f} [{auc['lo']:.3f}, {auc['hi']:.3f}] |" in md
     # the ranking section is what summarize_compare computes from the compare folder now
     assert data["ranking"]["tau"] == summarize_compare(compare_dir)["tau"]
     micro = data["micro"]["micro"]

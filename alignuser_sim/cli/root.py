@@ -38,6 +38,7 @@ COMMANDS = [
     ("evaluate", "eval_cmd", "eval"),
     ("evaluate", "compare_cmd", "compare"),
     ("evaluate", "report_cmd", "report"),
+    ("discriminate", "discriminate_cmd", "discriminate"),
     ("root", "version", "version"),
     ("root", "validate", "validate"),
     ("run", "quickstart", "quickstart"),

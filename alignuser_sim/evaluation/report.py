@@ -2,6 +2,8 @@
 
 Sections, each present when its files are:
 - macro: a simulation run folder (events.parquet, scenario.yaml): `evaluation/macro.macro_summary`;
+- discriminator: the same run folder, `evaluation/discriminator.discriminate` (one line instead when the run
+  is too small for it);
 - micro: an eval folder (plan.json + decisions): `evaluation/summary.summarize`;
 - ranking: a compare folder (compare_plan.json + runs): `evaluation/ranking.summarize_compare`.
 
@@ -22,8 +24,9 @@ from typing import Any
 
 from alignuser_sim import store
 from alignuser_sim.errors import UserError
+from alignuser_sim.evaluation.discriminator import MODELS, discriminate, top_features
 from alignuser_sim.evaluation.macro import LABELS, macro_summary
-from alignuser_sim.evaluation.plots import plot_macro, plot_micro, plot_ranking
+from alignuser_sim.evaluation.plots import plot_discriminator, plot_macro, plot_micro, plot_ranking
 from alignuser_sim.evaluation.ranking import OUTCOMES, summarize_compare
 from alignuser_sim.evaluation.summary import summarize
 from alignuser_sim.store import CompareFolder, EvalFolder, RunFolder
@@ -118,6 +121,33 @@ def macro_section(macro: dict[str, Any], images: list[Image]) -> Section:
                      _num(d["mean_simulated"], 2), _num(d["kl"]), _num(d["total_variation"]), _num(d["wasserstein"])])
     s.blocks.append(Table(["distribution", "n human", "n simulated", "mean human", "mean simulated", "KL", "TV",
                            "W1"], rows))
+    s.blocks.extend(images)
+    return s
+
+
+DISCRIMINATOR_TITLE = "Discriminator: can a classifier tell simulated sessions from human ones?"
+
+
+def discriminator_section(result: dict[str, Any], images: list[Image]) -> Section:
+    s = Section(DISCRIMINATOR_TITLE)
+    if result.get("skipped"):
+        s.blocks.append(f"Not computed: {result['skipped']}")
+        return s
+    n = result["sessions"]
+    s.blocks.append(
+        f"One row of features per session: simulated (the run's events, sessions with a failed page left out) "
+        f"and human (the rollouts of the same {result['users']} users on the training split, cut at "
+        f"{result['page_cap']} pages). {n['simulated']} simulated and {n['human']} human sessions, {n['per_side']} "
+        f"of each used (the larger side subsampled, seed {result['seed']}). ROC AUC of the out-of-fold "
+        f"predictions ({result['folds']}-fold stratified cross-validation), 95% bootstrap interval over sessions "
+        f"({result['draws']} draws): 0.5 = indistinguishable, 1 = every session gives itself away.")
+    s.blocks.append(Table(["model", "ROC AUC"], [[MODELS[m], ci(e)] for m, e in result["auc"].items()]))
+    s.blocks.append("What gives the simulation away (standardized logistic coefficient: > 0 = simulated sessions "
+                    "have more of it; permutation importance: held-out AUC the booster loses when the feature is "
+                    "shuffled):")
+    rows = [[r["label"], _num(r["simulated"], 2), _num(r["human"], 2), f"{r['coefficient']:+.2f}",
+             f"{r['importance']:.3f}"] for r in top_features(result)]
+    s.blocks.append(Table(["feature", "mean simulated", "mean human", "coefficient", "importance"], rows))
     s.blocks.extend(images)
     return s
 
@@ -254,6 +284,14 @@ def build_report(inputs: Inputs, out: Path) -> dict[str, Any]:
     if inputs.run:
         data["macro"] = macro_summary(inputs.run)
         sections.append(macro_section(data["macro"], images(plot_macro(data["macro"], plots))))
+        if RunFolder(inputs.run).events.exists():
+            try:
+                data["discriminator"] = discriminate(inputs.run)
+            except UserError as exc:  # too few sessions, no scikit-learn: the section says so, the rest stands
+                data["discriminator"] = {"skipped": str(exc)}
+            result = data["discriminator"]
+            shown = [] if result.get("skipped") else images(plot_discriminator(result, plots))
+            sections.append(discriminator_section(result, shown))
     if inputs.eval:
         data["micro"] = summarize(inputs.eval)
         if data["micro"]["micro"]:
