@@ -248,6 +248,10 @@ def _simulate_all_on_endpoints(sc: Scenario, names: list[str], folder: Path, one
 
     if not sc.llm.endpoints:
         reporter.note(embedded_note(folder / VLLM_LOG))
+    if sc.policy.use_adapter:  # alignuser+: the one shared server loads the trained adapters
+        from alignuser_sim.agent.adapters import load_adapters
+
+        sc.llm.adapters = {**load_adapters(sc.learning_dir()).paths(), **sc.llm.adapters}
     with embedded_endpoints(sc.llm, log_path=folder / VLLM_LOG) as endpoints:
         simulate_all(sc, names, folder, one_run, endpoints, on_start=on_run)
 

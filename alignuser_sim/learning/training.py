@@ -417,6 +417,8 @@ def _plot_losses(stages: list[StageResult], path: Path) -> None:
     for ax, s in zip(axes[0], stages, strict=False):
         train = [(r["step"], r["loss"]) for r in s.log if "loss" in r]
         held = [(r["step"], r["eval_loss"]) for r in s.log if "eval_loss" in r]
+        if s.heldout_loss_before is not None:  # before training: step 0
+            held = [(0, s.heldout_loss_before), *held]
         if train:
             ax.plot(*zip(*train, strict=True), lw=1, label="training loss")
         if held:
