@@ -5,14 +5,17 @@ shards as they are made (Ray streaming generators: the driver's per-agent pipeli
 on the LLM server (each shard holds at most one request per agent; its client has a bounded semaphore),
 survives a shard being killed or its node lost (the actor restarts, on another node if need be; its
 agents are restored from the logged events, once per new process, and the requests not answered yet are
-decided again on the same pages), and answers `progress()` while it runs so the CLI can draw a progress
-bar. Around the loop it reads the LLM servers' prefix-cache counters (`llm.metrics.PrefixCacheProbe`) for
-stats.json's `llm.prefix_cache`: the coordinator is the one that knows the endpoints as they change.
+decided again on the same pages; a shard restarted more than `run.max_shard_restarts` times, a batch that
+keeps crashing it, stops the run with one line, its logged events kept for `--resume`), and answers
+`progress()` while it runs so the CLI can draw a progress bar. Around the loop it reads the LLM servers'
+prefix-cache counters (`llm.metrics.PrefixCacheProbe`) for stats.json's `llm.prefix_cache`: the coordinator
+is the one that knows the endpoints as they change.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,11 +25,12 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from alignuser_sim.errors import UserError
 from alignuser_sim.llm.accounting import Accounting
 from alignuser_sim.llm.metrics import PrefixCacheProbe
 from alignuser_sim.simulation.driver import Driver, PageRequest
 from alignuser_sim.simulation.events import Event
-from alignuser_sim.simulation.runs import RunPlan, finish_run
+from alignuser_sim.simulation.runs import RunPlan, checkpoint_llm_every, finish_run
 
 from .recommender import RecommenderActor
 from .shard import PersonaShard
@@ -69,6 +73,7 @@ class Coordinator:
         self.driver: Driver | None = None
         self.shards: dict[int, Any] = {}
         self.restarts = 0
+        self.restarts_by_shard: dict[int, int] = {}
         self.shard_pids: dict[int, int] = {}  # the process each shard's agents were last restored in
         self._restore_locks: dict[int, asyncio.Lock] = {}
         self.started = time.time()
@@ -134,14 +139,31 @@ class Coordinator:
                 try:
                     pid = await self.shards[shard].ping.remote()
                     if self.shard_pids.get(shard) != pid:
-                        self.restarts += 1
+                        self._count_restart(shard)
                         await self.shards[shard].restore.remote(self.events_by_shard[shard])
                         await self.shards[shard].set_endpoints.remote(self.endpoints)
                         self.shard_pids[shard] = pid
                     return
                 except (ActorDiedError, ActorUnavailableError, RayActorError):
                     await asyncio.sleep(self.plan.scenario.run.shard_restart_wait_s)
-            raise RuntimeError(f"shard {shard} did not come back within {RESTART_DEADLINE_S:g} s")
+            raise UserError(f"shard {shard} did not come back within {RESTART_DEADLINE_S:g} s (no node with room for "
+                            f"it?): the run stopped; finish it with `alignuser-sim run --resume {self.plan.run_dir}`")
+
+    def _count_restart(self, shard: int) -> None:
+        """One more process of this shard; past `run.max_shard_restarts` the run stops (one line)."""
+        self.restarts += 1
+        n = self.restarts_by_shard[shard] = self.restarts_by_shard.get(shard, 0) + 1
+        limit = self.plan.scenario.run.max_shard_restarts
+        if n > limit:
+            raise UserError(
+                f"shard {shard} crashed {n} times (run.max_shard_restarts: {limit}): the run stopped; see "
+                f"{self.plan.folder.log}, then finish it with `alignuser-sim run --resume {self.plan.run_dir}`")
+        log.warning("shard %d restarted (%d of at most %d)", shard, n, limit)
+
+    async def _llm_snapshot(self) -> dict[str, Any]:
+        snapshots = await asyncio.gather(*(h.llm_snapshot.remote() for h in self.shards.values()),
+                                         return_exceptions=True)
+        return Accounting.merge_snapshots(s for s in snapshots if isinstance(s, dict))
 
     async def run(self) -> dict[str, Any]:
         with self.plan.folder.lock():  # a killed driver's coordinator may still be finishing a batch
@@ -173,14 +195,22 @@ class Coordinator:
             self._on_events(existing)
             await asyncio.gather(*(self.shards[i].restore.remote(self.events_by_shard[i]) for i in self.shards))
         probe = await asyncio.to_thread(PrefixCacheProbe(list(self.endpoints)).start)
+        checkpoints = asyncio.create_task(checkpoint_llm_every(plan, self._llm_snapshot))
         t0, started_at = time.perf_counter(), time.time()
-        stats = await self.driver.run()
+        try:
+            stats = await self.driver.run()
+        except BaseException:
+            self.event_log.flush()  # what was decided stays decided: a resume starts from there
+            raise
+        finally:
+            checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checkpoints
         elapsed, ended_at = time.perf_counter() - t0, time.time()
         prefix_cache = await asyncio.to_thread(probe.stop, list(self.endpoints))  # a replaced replica counts too
-        snapshots = await asyncio.gather(*(h.llm_snapshot.remote() for h in self.shards.values()))
-        llm = Accounting.merge_snapshots(snapshots)
+        llm = await self._llm_snapshot()
         summary = finish_run(plan, self.event_log, stats, llm, elapsed, self.driver.agents_done, prefix_cache,
-                             await recommender.stats.remote())
+                             await recommender.stats.remote(), replayed=self.driver.replayed)
         summary["shard_restarts"] = self.restarts
         summary["startup_s"] = round(self.startup_s, 2)
         summary["loop_wall_clock"] = {"started": started_at, "ended": ended_at}  # for benchmarks' CPU sampling

@@ -14,6 +14,12 @@ on the cluster's GPU nodes (`llm_server.ReplicaPool`, health-checked, a dead one
 told its new URL); else the embedded vLLM server on this machine (bound to this node's IP when the cluster
 has other nodes, so their shards reach it).
 
+Security: Ray's token authentication stays as Ray sets it (Ray 2.60: on for a local cluster this starts,
+its token in ~/.ray/auth_token; a cluster joined by address needs RAY_AUTH_MODE=token and its token, see
+docs/scale.md); only the tests' private clusters turn it off. A scenario's `llm.api_key_env` names the
+variable holding the LLM servers' key: the replicas and the embedded server require it, and the coordinator
+(so its shards, wherever they run) gets the variable through its runtime environment.
+
 Placement: the coordinator runs on this (the driver's) node, since it writes the run folder here, and
 the recommender beside it; shards go where Ray puts them. A cluster whose nodes offer the custom resource
 `shard_slots` (cluster.yaml gives it to the CPU workers) gets one shard per slot, spread over the nodes
@@ -32,8 +38,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignuser_sim.errors import UserError
 from alignuser_sim.llm.endpoints import check_endpoints
 from alignuser_sim.llm.launcher import embedded_endpoints
+from alignuser_sim.llm.server_command import server_key_env
+from alignuser_sim.llm.transport import api_key_from_env
 from alignuser_sim.simulation.runs import RunPlan
 from alignuser_sim.store import VLLM_LOG, RunFolder
 
@@ -44,18 +53,42 @@ OnProgress = Callable[[int, "int | None", dict[str, Any]], None]  # alignuser_si
 
 
 def init_ray(address: str | None, num_cpus: int | None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS), else start a local one with `num_cpus` CPUs."""
+    """Join the cluster at `address` (or RAY_ADDRESS), else start a local one with `num_cpus` CPUs. Ray's token
+    authentication is left as Ray and the environment set it (see the module docstring)."""
     import ray
+    from ray.exceptions import AuthenticationError
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, **kwargs)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, **kwargs)
+    except (AuthenticationError, ConnectionError) as exc:  # Ray 2.60 wraps a refused token in a ConnectionError
+        if not _auth_refused(exc):
+            raise
+        raise UserError(
+            f"Ray cluster {address or '(local)'}: token authentication failed; set RAY_AUTH_MODE=token and the "
+            "cluster's token in RAY_AUTH_TOKEN or ~/.ray/auth_token (`ray get-auth-token` on the head node prints "
+            "it; see docs/scale.md)") from None
+
+
+def _auth_refused(exc: BaseException) -> bool:
+    """Whether Ray refused this driver's token: an AuthenticationError somewhere in the chain, or the
+    authentication message Ray puts in the error it wraps."""
+    from ray.exceptions import AuthenticationError
+
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, AuthenticationError) or "RAY_AUTH_MODE" in str(seen) or "auth_token" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _file_log(run_dir: Path) -> logging.Handler:
@@ -107,12 +140,22 @@ def llm_endpoints(plan: RunPlan, serve_overrides: dict[str, Any] | None = None) 
             from alignuser_sim.llm.server_command import lora_args
 
             serve = serve.model_copy(update={"extra_args": [*serve.extra_args, *lora_args(scenario.llm.adapters)]})
-        with ReplicaPool(serve, served_model_name=scenario.llm.model, **(serve_overrides or {})) as pool:
+        overrides = dict(serve_overrides or {})
+        overrides["env"] = {**(overrides.get("env") or {}), **server_key_env(scenario.llm.api_key_env)}
+        with ReplicaPool(serve, served_model_name=scenario.llm.model, **overrides) as pool:
             yield pool.endpoints(), pool
         return
     host = ray.util.get_node_ip_address() if len(alive_nodes()) > 1 else "127.0.0.1"
     with embedded_endpoints(scenario.llm, log_path=plan.run_dir / VLLM_LOG, host=host) as endpoints:
         yield endpoints, None
+
+
+def key_runtime_env(plan: RunPlan) -> dict[str, Any]:
+    """The coordinator's actor options that hand it (and the shards it starts: Ray's runtime environments are
+    inherited) the variable `llm.api_key_env` names: the shards' clients read it on nodes that lack it."""
+    name = plan.scenario.llm.api_key_env
+    key = api_key_from_env(name)
+    return {"runtime_env": {"env_vars": {name: key}}} if name and key else {}
 
 
 @dataclass
@@ -160,9 +203,9 @@ def run_on_ray(
     log.info("run %s: %d agents in %d shards -> %s", plan.run_id, plan.agents, len(plan.shards), plan.run_dir)
     try:
         with llm_endpoints(plan, serve_overrides) as (endpoints, pool):
-            check_endpoints(endpoints)
+            check_endpoints(endpoints, api_key_env=plan.scenario.llm.api_key_env)
             here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-            coordinator = Coordinator.options(scheduling_strategy=here).remote(
+            coordinator = Coordinator.options(scheduling_strategy=here, **key_runtime_env(plan)).remote(
                 plan, endpoints, cache_path, shard_options)
             if pool is not None:
                 pool.on_change = lambda urls: coordinator.set_endpoints.remote(urls)
@@ -194,7 +237,12 @@ def _follow(coordinator: Any, ref: Any, plan: RunPlan, on_progress: OnProgress |
                 on_progress(p["agents_done"], plan.agents, {"pages": p["decisions"], "rate": rate})
         if ready:
             break
-    summary = ray.get(ref)
+    try:
+        summary = ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:  # the coordinator's one-line error, without Ray's traceback
+        if isinstance(exc.cause, UserError):
+            raise exc.cause from None
+        raise
     if on_progress is not None:
         on_progress(summary.get("agents_done", plan.agents), plan.agents, {})
     return summary

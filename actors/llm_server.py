@@ -11,6 +11,9 @@
   `serve.max_model_len`, `serve.model` (None: the embedded model, prepared on the node) and
   `serve.extra_args` pass through. Ray sets CUDA_VISIBLE_DEVICES for the actor and the server inherits it.
   The server dies with its actor (the launcher's PR_SET_PDEATHSIG), whatever kills the actor.
+  With the scenario's `llm.api_key_env`, `env` carries `VLLM_API_KEY` (launch.py puts it there): the server
+  then requires that key on /v1 (vLLM's `--api-key`, kept out of the process list); /health stays open for
+  the monitor.
 - `ReplicaPool` starts the replicas (in parallel), waits for each /health, then a monitor thread checks
   every replica each `check_every_s`: the actor must answer and its server must answer /health. A replica
   whose actor died (its node was lost) or whose server failed `unhealthy_after` checks in a row is killed

@@ -78,7 +78,7 @@ def test_simulate_all_keeps_resumes_and_starts(tmp_path):
                                    "params": {"factors": 8}}, "output_dir": str(tmp_path)})
     for name, status in (("random", "complete"), ("pop", "running")):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "run.json").write_text(json.dumps({"status": status}))
+        (tmp_path / name / "run.json").write_text(json.dumps({"run_id": name, "status": status}))
         (tmp_path / name / "scenario.yaml").write_text(dump_scenario(variant(scenario, name, ["http://old:1/v1"])))
     calls = []
     simulate_all(scenario, ["random", "pop", "mf", "itemknn"], tmp_path, lambda s, d: calls.append((s, d.name)),

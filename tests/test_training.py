@@ -23,7 +23,7 @@ from alignuser_sim.data.personas import build_personas
 from alignuser_sim.errors import UserError
 from alignuser_sim.evaluation.cases import build_cases
 from alignuser_sim.learning.training import build_training_set, persona_clusters
-from alignuser_sim.learning.training_data import POLICY, WORLD_MODEL
+from alignuser_sim.learning.training_data import JUDGMENT, POLICY, WORLD_MODEL
 from alignuser_sim.llm.server_command import lora_args
 from alignuser_sim.store import LearningFolder
 from alignuser_sim.testing import ScriptedLLM
@@ -43,7 +43,7 @@ def test_no_heldout_item_or_page_reaches_the_training_data(tmp_path):
     data = build_training_set(scenario)
     everything = data.world_model + data.policy + data.heldout_world_model + data.heldout_policy
     assert data.world_model and data.policy and data.heldout_policy
-    assert {e.stage for e in data.world_model} == {WORLD_MODEL} and {e.stage for e in data.policy} == {POLICY}
+    assert {e.stage for e in data.world_model} == {WORLD_MODEL} and {e.stage for e in data.policy} == {POLICY, JUDGMENT}
 
     ds = load_dataset(scenario.dataset)
     _, heldout = split_dataset(ds)
@@ -68,7 +68,12 @@ def test_no_heldout_item_or_page_reaches_the_training_data(tmp_path):
     trained = {e.user_id for e in data.world_model + data.policy}
     held = {e.user_id for e in data.heldout_world_model + data.heldout_policy}
     assert held and not trained & held
-    assert len(data.world_model) <= 40 and len(data.policy) <= 60
+    assert len(data.world_model) <= 40 and len(data.policy) <= 60 + 400
+    # the judgment pages never teach an item the evaluation shows that user as a never-touched negative
+    asked = {c.user_id: set(c.negatives) for c in cases}
+    for e in data.policy + data.heldout_policy:
+        if e.stage == JUDGMENT:
+            assert not e.items & asked.get(e.user_id, set())
     assert data.digest() == build_training_set(scenario).digest()  # deterministic: a resume sees the same data
 
 
@@ -80,6 +85,58 @@ def test_policy_examples_answer_in_the_scenario_format_with_the_humans_choice(tm
         assert set(reply.watched) <= {str(i) for i in range(1, scenario.pages.items_per_page + 1)}
         assert e.messages[0]["role"] == "system" and "Page " in e.messages[1]["content"]
         assert e.prompt_completion()["completion"] == [{"role": "assistant", "content": e.reply}]
+
+
+def test_judgment_examples_ask_the_evaluations_questions_on_training_items(tmp_path):
+    """Pages at the evaluation's ratios and page size, the human's training positives watched, the rest skipped;
+    and the rating call answered with the human's training ratings, in the policy's prompt (lessons included)."""
+    from alignuser_sim.agent.rating import RATING_FORMATS
+    from alignuser_sim.learning.inputs import prepare
+
+    scenario = scenario_from_dict(scenario_dict(tmp_path, eval={"ratios": [1, 3], "items_per_page": 6}))
+    data = build_training_set(scenario)
+    judged = [e for e in data.policy + data.heldout_policy if e.stage == JUDGMENT]
+    pages = [e for e in judged if e.step >= 0]
+    rated = [e for e in judged if e.step < 0]
+    assert pages and rated
+    ds = load_dataset(scenario.dataset)
+    train, _ = split_dataset(ds)
+    mine: dict[str, set[str]] = {}
+    for u, i in zip(train.interactions["user_id"].to_pylist(), train.interactions["item_id"].to_pylist(), strict=True):
+        mine.setdefault(u, set()).add(i)
+    inputs = prepare(scenario, fit=False)
+    titles = {i: v.title for i, v in inputs.views.items()}
+    sizes = set()
+    for e in pages:
+        reply = NONE.reply.model_validate_json(e.reply)
+        listed = e.messages[-1]["content"].split("Recommended items:\n", 1)[1].splitlines()
+        sizes.add(len(listed))
+        assert 0 < len(listed) <= 6
+        watched = {listed[int(k) - 1].split(". ", 1)[1] for k in reply.watched}
+        trained_titles = {titles[i] for i in e.items & mine[e.user_id]}
+        assert {w.split(" (")[0] for w in watched} == {t.split(" (")[0] for t in trained_titles}
+    assert max(sizes) == 6
+    for e in rated:
+        reply = RATING_FORMATS["none"].reply.model_validate_json(e.reply)
+        assert len(reply.ratings) == len(e.items) and all(1 <= r <= 5 for r in reply.ratings.values())
+        assert e.items <= mine[e.user_id]
+
+
+def test_fresh_keeps_a_stage_whose_data_did_not_change(tmp_path):
+    from alignuser_sim.learning.training import _claim
+
+    folder = tmp_path / "training"
+    plan = {"version": 1, "data": "a", "stages": {"stage1": "k1", "stage2": "k2"}}
+    _claim(folder, plan, fresh=False)
+    for stage in ("stage1", "stage2", "stage2-c1"):
+        (folder / stage).mkdir()
+    changed = {**plan, "data": "b", "stages": {"stage1": "k1", "stage2": "k3"}}
+    with pytest.raises(UserError, match="--fresh"):
+        _claim(folder, changed, fresh=False)
+    _claim(folder, changed, fresh=True)
+    assert (folder / "stage1").is_dir() and not (folder / "stage2").exists() and not (folder / "stage2-c1").exists()
+    _claim(folder, {**changed, "stages": {"stage1": "k9", "stage2": "k3"}}, fresh=True)
+    assert not (folder / "stage1").exists()
 
 
 def test_persona_clusters_split_the_population(tmp_path):
@@ -178,3 +235,22 @@ def test_train_without_a_learning_folder_is_one_line(tmp_path):
     result = _cli("eval", str(path), "--policies", "prompt-only,alignuser+", "--users", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("policy 'alignuser+' needs the learning folder")
+
+
+def test_eval_tells_a_retrained_adapter_from_the_old_one(tmp_path):
+    """eval records the learning a policy used: for alignuser+ that includes which adapters answer, so a
+    retrained adapter's decisions never mix with the old one's in one eval folder; prompt-only's is untouched."""
+    from alignuser_sim.evaluation.cases import policy_variant
+    from alignuser_sim.evaluation.micro import learning_digest
+
+    scenario = scenario_from_dict(scenario_dict(tmp_path))
+    folder = scenario.learning_dir()
+    folder.mkdir(parents=True)
+    (folder / "tastes.parquet").write_bytes(b"x")
+    manifest = LearningFolder(folder).adapters_manifest
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"adapters": {"alignuser-aaaa": "alignuser-aaaa"}}')
+    plus, plain = policy_variant(scenario, "alignuser+"), policy_variant(scenario, "prompt-only")
+    before = learning_digest(plus), learning_digest(plain)
+    manifest.write_text('{"adapters": {"alignuser-bbbb": "alignuser-bbbb"}}')
+    assert learning_digest(plus) != before[0] and learning_digest(plain) == before[1]

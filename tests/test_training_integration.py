@@ -38,7 +38,8 @@ def test_tiny_training_resumes_and_its_adapter_is_served(tmp_path):
         "recommender": {"algorithm": "pop"}, "policy": {"kind": "alignuser+", "reasoning": "none",
                                                         "lessons": False, "world_model": False},
         "llm": {"concurrency": 2, "cache": "off"},
-        "train": {"world_model_examples": 8, "policy_examples": 12, "heldout_users": 0.25, "heldout_examples": 2,
+        "train": {"world_model_examples": 8, "policy_examples": 12, "judgment_examples": 6, "heldout_users": 0.25,
+                  "heldout_examples": 2,
                   "batch_size": 2, "checkpoint_steps": 1, "max_length": 768},
         "output_dir": str(tmp_path),
     }))
@@ -70,7 +71,7 @@ def test_tiny_training_resumes_and_its_adapter_is_served(tmp_path):
     stage1 = json.loads((layout.training / "stage1" / "stage.json").read_text())
     assert stage1["steps"] == 3 and stage1["heldout_loss"] is not None
     card = json.loads((layout.adapters / "card.json").read_text())
-    assert card["examples"] == {"world_model": 8, "policy": 12} and card["base_checksum"]
+    assert card["examples"] == {"world_model": 8, "policy": 18} and card["base_checksum"]
     assert (layout.adapters / "loss.png").stat().st_size > 1000 and (layout.adapters / "card.md").is_file()
     adapters = load_adapters(layout.path)
     (name,) = adapters.adapters
@@ -96,3 +97,31 @@ def test_tiny_training_resumes_and_its_adapter_is_served(tmp_path):
         decision = asyncio.run(decide())
     assert decision.failure is None, decision.failure
     assert decision.completion_tokens > 0 and set(decision.ratings) <= {"50", "181", "1", "300"}
+
+
+    # --merge (CPU serving): the merged model answers like the base model with the adapter, token for token
+    result = subprocess.run([ALIGNUSER_SIM, "train", str(path), "--max-steps", "3", "--merge"], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    merged = layout.path / "merged" / name
+    assert f"--served-model-name {name}" in result.stdout and (merged / "config.json").is_file()
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from alignuser_sim.learning.training import _base_path
+
+    base = _base_path(None)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    ids = tokenizer.apply_chat_template(agent.messages(0, page), add_generation_prompt=True, return_tensors="pt",
+                                        return_dict=True)["input_ids"]
+    with torch.no_grad():
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                                            str(adapters.paths()[name]))(ids).logits[0, -1]
+        model = AutoModelForCausalLM.from_pretrained(str(merged), dtype=torch.float32)
+        plain = model(ids).logits[0, -1]
+        untrained = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    assert int(plain.argmax()) in adapted.topk(3).indices.tolist()
+    before, after = untrained.state_dict(), model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)  # merged, not the bare base
+    assert json.loads((merged / "config.json").read_text()).get("dtype") == "bfloat16"  # the base's own dtype

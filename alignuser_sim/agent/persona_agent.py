@@ -21,7 +21,7 @@ from alignuser_sim.config import PolicyConfig, SamplingConfig
 from alignuser_sim.core import MOVIES, Domain, ItemView, call_seed
 from alignuser_sim.data.personas import Persona
 from alignuser_sim.llm.prompts import build_messages
-from alignuser_sim.llm.protocol import StructuredLLM
+from alignuser_sim.llm.protocol import StructuredLLM, is_transient
 from alignuser_sim.llm.schemas import reply_budget
 
 # the scenario's default (`policy.history_size`), for agents built without a scenario at hand
@@ -122,10 +122,13 @@ class PersonaAgent:
         return call_seed(self.seed, self.agent_id, session, page_no)
 
     async def decide(self, llm: StructuredLLM, session: int, page_no: int, page: list[ItemView]) -> Decision:
-        """One structured call; what was watched joins the short history. A failed call is a counted failure:
-        nothing watched, the session ends."""
+        """One structured call; what was watched joins the short history. A reply that did not validate is a
+        counted failure: nothing watched, the session ends. A call that failed in transport (`decision.failure`
+        is transient: the server down, busy or slow) is no decision: nothing is remembered, and the driver asks
+        again on the same page later (`simulation/driver.py`), with the same seed."""
         decision = await self.ask(llm, page_no, page, seed=self.call_seed(session, page_no))
-        self.observe(decision, page)
+        if not is_transient(decision.failure):
+            self.observe(decision, page)
         return decision
 
     async def ask(self, llm: StructuredLLM, page_no: int, page: list[ItemView], *, seed: int,

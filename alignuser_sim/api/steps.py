@@ -91,14 +91,18 @@ def simulate(scenario: Scenario | str | Path | None = None, *, out: Path | None 
     """Simulate the scenario's population against its recommender (or finish the interrupted run in
     `resume`); writes a run folder (`out`, default OUTPUT_DIR/NAME/RUN_ID). `llm` is the model of the
     default in-process runner; a given `runner` (e.g. Ray's) reaches the scenario's endpoints itself."""
-    from alignuser_sim.simulation.runs import plan_run, resume_plan
+    from alignuser_sim.simulation.runs import NothingToResume, plan_run, resume_plan
 
     if (scenario is None) == (resume is None):
         raise UserError("simulate: give a scenario or resume=RUN_DIR (one of the two)")
     reporter = reporter or LogReporter()
     runner = runner or LocalRunner(llm, reporter=reporter)
     if resume is not None:
-        plan = resume_plan(Path(resume))
+        try:
+            plan = resume_plan(Path(resume))
+        except NothingToResume as done:  # a finished run: report it, run and write nothing
+            reporter.note(str(done))
+            return SimulationResult(done.run_dir, done.run_id, done.summary)
     else:
         sc = _scenario(scenario)  # type: ignore[arg-type]
         plan = plan_run(sc, Path(out) if out is not None else None, runner.shard_count(sc.population.max_agents))
@@ -124,7 +128,7 @@ def learn(scenario: Scenario | str | Path, *, users: int | None = None, folder: 
     if folder is not None:
         sc.learning.folder = Path(folder)
     if llm is None and sc.llm.endpoints:
-        check_endpoints(sc.llm.endpoints)  # before minutes of data preparation
+        check_endpoints(sc.llm.endpoints, api_key_env=sc.llm.api_key_env)  # before minutes of data preparation
     with reporter.status("loading data, replaying the training split, fitting the recommender"):
         inputs = prepare(sc, users)
     where = sc.learning_dir()

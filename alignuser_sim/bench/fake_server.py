@@ -4,8 +4,9 @@ shows at scales this CPU's real model (~0.4 calls/s) cannot reach.
 `FakeServer` runs `serve_fake` in its own process (its own interpreter and GIL, like a real server):
 asyncio, thousands of open requests on one thread, each answered like the scripted user of
 `fake_users.fake_decision` after a latency drawn from a log-normal (median `latency_s`, spread `jitter`).
-GET /stats tells how many requests came and how many were open at once. Also runnable alone (Ray's
-vLLM replicas start it this way in tests, through `fake_server_argv`):
+GET /stats tells how many requests came and how many were open at once. Like vLLM, it requires the key in
+the environment variable VLLM_API_KEY when that is set (a Bearer token on /v1, else 401). Also runnable alone
+(Ray's vLLM replicas start it this way in tests, through `fake_server_argv`):
 
     python -m alignuser_sim.bench.fake_server --port 8000 --latency 1.0
 """
@@ -17,8 +18,10 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import random
 import resource
+import secrets
 import subprocess
 import sys
 import time
@@ -30,6 +33,8 @@ import httpx
 
 from alignuser_sim.bench.fake_users import fake_reply, fake_text
 
+API_KEY_VAR = "VLLM_API_KEY"  # the variable vLLM reads its required key from
+
 
 @dataclass
 class FakeServerState:
@@ -39,6 +44,15 @@ class FakeServerState:
     requests: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    api_key: str | None = None
+    unauthorized: int = 0
+
+    def authorized(self, path: str, headers: dict[str, str]) -> bool:
+        """vLLM's rule: with a key, every /v1 route needs `Authorization: Bearer <key>`; /health does not."""
+        if not self.api_key or not path.startswith("/v1"):
+            return True
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and secrets.compare_digest(token.encode(), self.api_key.encode())
 
     def delay(self) -> float:
         if self.latency_s <= 0:
@@ -66,14 +80,19 @@ def fake_completion(body: dict[str, Any], n: int) -> dict[str, Any]:
     }
 
 
-async def _route(state: FakeServerState, method: str, path: str, body: bytes) -> tuple[int, dict[str, Any]]:
+async def _route(state: FakeServerState, method: str, path: str, body: bytes,
+                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
     path = path.split("?", 1)[0].rstrip("/")
+    if not state.authorized(path, headers or {}):
+        state.unauthorized += 1
+        return 401, {"error": "Unauthorized"}
     if method == "GET" and path in ("/health", "/v1/health"):
         return 200, {}
     if method == "GET" and path == "/v1/models":
         return 200, {"object": "list", "data": [{"id": "fake", "object": "model"}]}
     if method == "GET" and path == "/stats":
-        return 200, {"requests": state.requests, "max_in_flight": state.max_in_flight, "in_flight": state.in_flight}
+        return 200, {"requests": state.requests, "max_in_flight": state.max_in_flight, "in_flight": state.in_flight,
+                     "unauthorized": state.unauthorized}
     if method == "POST" and path == "/v1/chat/completions":
         try:
             request = json.loads(body or b"{}")
@@ -100,7 +119,7 @@ async def _handle(state: FakeServerState, reader: asyncio.StreamReader, writer: 
             method, path, _ = lines[0].split(" ", 2)
             headers = {k.strip().lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:] if x)}
             body = await reader.readexactly(int(headers.get("content-length") or 0))
-            code, payload = await _route(state, method, path, body)
+            code, payload = await _route(state, method, path, body, headers)
             data = json.dumps(payload).encode()
             writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
                          % (code, b"OK" if code == 200 else b"ERROR", len(data), data))
@@ -113,11 +132,12 @@ async def _handle(state: FakeServerState, reader: asyncio.StreamReader, writer: 
         writer.close()
 
 
-async def serve_fake(host: str, port: int, latency_s: float, jitter: float, seed: int = 0) -> None:
+async def serve_fake(host: str, port: int, latency_s: float, jitter: float, seed: int = 0,
+                     api_key: str | None = None) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # thousands of open requests
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
-    state = FakeServerState(latency_s, jitter, random.Random(seed))
+    state = FakeServerState(latency_s, jitter, random.Random(seed), api_key=api_key or None)
     server = await asyncio.start_server(lambda r, w: _handle(state, r, w), host, port, backlog=4096)
     async with server:
         await server.serve_forever()
@@ -127,10 +147,11 @@ class FakeServer:
     """`serve_fake` in a child process (its own interpreter and GIL, like a real server). Context manager."""
 
     def __init__(self, latency_s: float = 1.0, jitter: float = 0.5, host: str = "127.0.0.1", port: int | None = None,
-                 seed: int = 0):
+                 seed: int = 0, api_key: str | None = None):
         from alignuser_sim.llm.launcher import free_port
 
         self.latency_s, self.jitter, self.host, self.seed = latency_s, jitter, host, seed
+        self.api_key = api_key
         self.port = port or free_port(host)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -146,8 +167,11 @@ class FakeServer:
         return fake_server_argv(self.host, str(self.port), self.latency_s, self.jitter, self.seed)
 
     def start(self, timeout_s: float = 30.0) -> FakeServer:
+        env = {k: v for k, v in os.environ.items() if k != API_KEY_VAR}  # a key only when asked for
+        if self.api_key:
+            env[API_KEY_VAR] = self.api_key
         self.process = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+                                        stderr=subprocess.DEVNULL, env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -194,7 +218,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve_fake(args.host, args.port, args.latency, args.jitter, args.seed))
+        asyncio.run(serve_fake(args.host, args.port, args.latency, args.jitter, args.seed,
+                               api_key=os.environ.get(API_KEY_VAR)))
 
 
 if __name__ == "__main__":

@@ -57,12 +57,14 @@ def eval_cmd(
     recall, F1, rating RMSE/MAE with 95% bootstrap intervals, beside reference policies that use no LLM.
     Resumable: re-run to finish."""
     from alignuser_sim.api import evaluate
+    from alignuser_sim.store import EvalFolder
 
     scenario = load_scenario(scenario_file)
     folder = out_dir or scenario.run_dir() / "eval"
     ratio_list = _ints(ratios, "--ratios", 1, 9) if ratios is not None else None
     interrupted = f"interrupted: what is decided is kept; re-run the same command to finish ({folder})"
-    with exit_on_interrupt(interrupted), Bar("eval calls", "failures {task.fields[failures]}", failures=0) as bar:
+    with EvalFolder(folder).lock(), exit_on_interrupt(interrupted), \
+            Bar("eval calls", "failures {task.fields[failures]}", failures=0) as bar:  # one eval per folder
         result = evaluate(scenario, policies=_names(policies) if policies else None, ratios=ratio_list, users=users,
                           bootstrap=bootstrap, ratings=ratings, references=references, out=folder, reporter=reporter,
                           on_progress=bar)
@@ -128,6 +130,7 @@ def compare_cmd(
     """Simulate the population against several recommenders; rank them by simulated outcomes and by offline
     Recall@K / NDCG@K; Kendall tau with bootstrap intervals. Resumable: re-run to finish."""
     from alignuser_sim.api import compare
+    from alignuser_sim.store import CompareFolder
 
     scenario = load_scenario(scenario_file)
     folder = out_dir or scenario.run_dir() / "compare"
@@ -137,7 +140,8 @@ def compare_cmd(
         bar.close()  # each run draws its own bar
         err.print(f"[bold]{name}[/bold]: {'resuming' if status == 'running' else 'simulating'}")
 
-    with exit_on_interrupt(f"interrupted: re-run the same command to finish ({folder})"), bar:
+    interrupted = f"interrupted: re-run the same command to finish ({folder})"
+    with CompareFolder(folder).lock(), exit_on_interrupt(interrupted), bar:  # one compare per folder
         result = compare(scenario, recommenders=_names(recommenders) if recommenders else None, bootstrap=bootstrap,
                          out=folder, runner=ray_runner(address, num_cpus), reporter=reporter, on_progress=bar,
                          on_run=announce)

@@ -58,7 +58,7 @@ def _scenario(path: Path, folder: Path | None, llm: bool = True):
     if folder is not None:
         scenario.learning.folder = folder
     if llm and scenario.llm.endpoints:
-        check_endpoints(scenario.llm.endpoints)
+        check_endpoints(scenario.llm.endpoints, api_key_env=scenario.llm.api_key_env)
     return scenario
 
 

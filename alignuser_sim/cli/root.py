@@ -39,6 +39,7 @@ COMMANDS = [
     ("evaluate", "compare_cmd", "compare"),
     ("evaluate", "report_cmd", "report"),
     ("discriminate", "discriminate_cmd", "discriminate"),
+    ("judge", "judge_cmd", "judge"),
     ("root", "version", "version"),
     ("root", "validate", "validate"),
     ("run", "quickstart", "quickstart"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from alignuser_sim.cli.common import Bar, err, exit_on_interrupt, out, reporter,
 from alignuser_sim.cli.data import build_personas_for, build_rollouts_for, load, print_personas
 from alignuser_sim.config import Scenario, load_scenario
 from alignuser_sim.errors import UserError
+from alignuser_sim.store import RunFolder
 
 if TYPE_CHECKING:
     from actors.launch import RayRunner
@@ -36,7 +38,10 @@ def simulate_on_ray(scenario: Scenario | None, out_dir: Path | None, resume: Pat
                     num_cpus: int | None) -> Path:
     """Run (or resume) on Ray, print the run's summary; returns the run folder."""
     from alignuser_sim.api import simulate
+    from alignuser_sim.simulation.runs import check_resumable
 
+    if resume is not None:
+        check_resumable(resume)  # a finished run: refused in one line (exit 2), nothing written
     where = resume or out_dir or "RUN_DIR (the run folder under the scenario's output_dir)"
     with exit_on_interrupt(f"interrupted: finish it with `alignuser-sim run --resume {where}`"), run_bar() as bar:
         result = simulate(scenario, out=out_dir, resume=resume, runner=ray_runner(address, num_cpus),
@@ -44,6 +49,13 @@ def simulate_on_ray(scenario: Scenario | None, out_dir: Path | None, resume: Pat
     shown = {k: v for k, v in result.summary.items() if not isinstance(v, dict)}
     out.print(table(f"run {result.run_id}", shown))
     out.print(f"run folder: {result.run_dir}")
+    from alignuser_sim.simulation.runs import status_line
+
+    line = status_line(result.summary, result.run_dir)  # a run that did not end complete: one line on stderr
+    if line:
+        print(line, file=sys.stderr)
+    if result.summary.get("status") == "failed":
+        raise typer.Exit(1)
     return result.run_dir
 
 
@@ -58,6 +70,10 @@ def run(
     if (scenario_file is None) == (resume is None):
         raise UserError("run: give a scenario file or --resume RUN_DIR (one of the two)")
     scenario = load_scenario(scenario_file) if scenario_file is not None else None
+    if out_dir is not None:
+        if resume is not None:
+            raise UserError("run: --out is for a new run; --resume continues the run in its own folder")
+        RunFolder(out_dir).check_new()  # before Ray starts
     simulate_on_ray(scenario, out_dir, resume, address, num_cpus)
 
 
@@ -69,6 +85,8 @@ def quickstart(
     from alignuser_sim.api import report
 
     scenario = load_scenario(scenario_file)
+    if out_dir is not None:
+        RunFolder(out_dir).check_new()  # before minutes of data and model preparation
     if scenario.dataset.name == "ml-100k":
         from alignuser_sim.data import ml100k
 

@@ -24,11 +24,14 @@ def train_cmd(
     max_steps: int | None = typer.Option(None, "--max-steps", min=1,
                                          help="Stop each stage after N optimizer steps (smoke tests)."),
     folder: Path | None = typer.Option(None, "--folder", help="Learning folder (default: the scenario's)."),
-    fresh: bool = typer.Option(False, "--fresh", help="Drop the checkpoints of an earlier training and start over."),
+    fresh: bool = typer.Option(False, "--fresh", help="Start over the stages whose examples or settings changed "
+                               "(an unchanged stage is kept)."),
+    merge: bool = typer.Option(False, "--merge", help="Also write each adapter merged into the base model "
+                               "(LEARNING_DIR/merged/NAME): CPU serving without vLLM's slow LoRA path."),
 ) -> None:
     """Train the policy model: stage 1 world model (next-state prediction), stage 2 the human's decisions."""
     from alignuser_sim.config import load_scenario
-    from alignuser_sim.learning.training import train
+    from alignuser_sim.learning.training import merge_adapters, train
 
     scenario = load_scenario(scenario_file)
     if folder is not None:
@@ -60,7 +63,11 @@ def train_cmd(
         rows[stage.label] = f"{stage.examples:,} examples, {stage.steps} steps, held-out loss {before} -> {after}"
     seconds = sum(s.seconds for s in result.stages)
     rows["training tokens/s"] = f"{sum(s.tokens for s in result.stages) / seconds:,.0f}" if seconds else "-"
-    rows["wall time"] = f"{result.seconds / 60:.1f} min"
+    rows["training time"] = f"{seconds / 60:.1f} min over the stages (this command: {result.seconds / 60:.1f} min)"
     rows["adapters"] = ", ".join(result.adapters.adapters)
     out.print(table("training", rows))
     out.print(f"training card: {result.card}\nuse it: policy: alignuser+ (or eval --policies prompt-only,alignuser+)")
+    if merge:
+        for name, path in merge_adapters(scenario, on_note=err.print).items():
+            out.print(f"merged: {path}\n  serve it on a CPU: alignuser-sim llm serve --model {path} "
+                      f"--served-model-name {name} --port 8731, then llm.endpoints: [http://127.0.0.1:8731/v1]")

@@ -4,7 +4,7 @@ Every knob lives in the model tree of `models.py`; `loading.py` reads, validates
 Import from here: `from alignuser_sim.config import Scenario, load_scenario`.
 """
 
-from alignuser_sim.config.loading import dump_scenario, load_scenario, scenario_from_dict
+from alignuser_sim.config.loading import absolute_paths, dump_scenario, load_scenario, scenario_from_dict
 from alignuser_sim.config.models import (
     BUILTIN_RECOMMENDERS,
     DatasetConfig,
@@ -48,6 +48,7 @@ __all__ = [
     "Strict",
     "TableColumns",
     "TrainConfig",
+    "absolute_paths",
     "dump_scenario",
     "load_scenario",
     "recommender_name_problem",

@@ -6,6 +6,7 @@ one line naming the key path.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -17,9 +18,14 @@ RecommenderName = Literal["random", "pop", "itemknn", "mf", "lightgcn"]
 
 
 class Strict(BaseModel):
-    """Base of every scenario model: unknown keys rejected, values validated on assignment too."""
+    """Base of every scenario model: unknown keys rejected, values validated on assignment too, and no float
+    knob takes NaN or infinity (`.nan` passes no bound check, `.inf` is no timeout)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
+
+
+# a seed: what numpy, torch and Parquet all take (a negative one is rejected by numpy, deep in a run)
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class TableColumns(Strict):
@@ -73,6 +79,9 @@ class DatasetConfig(Strict):
             raise ValueError("interactions: required when name is 'generic'")
         if self.name != "generic" and (self.interactions or self.items or self.users):
             raise ValueError("interactions/items/users: only for name 'generic'")
+        for column in ("title", "genres", "description"):  # read from the items file only
+            if getattr(self.columns, column) is not None and self.items is None:
+                raise ValueError(f"columns.{column}: maps a column of dataset.items, which is not given")
         return self
 
 
@@ -80,7 +89,7 @@ class PopulationConfig(Strict):
     size: Annotated[int, Field(gt=0)] | None = Field(default=None, description="None: every user")
     sampling: Literal["random", "first", "most_active"] = "random"
     users: list[str] | None = Field(default=None, description="Explicit user ids; overrides size/sampling")
-    seed: int | None = Field(default=None, description="Defaults to the scenario seed")
+    seed: Seed | None = Field(default=None, description="Defaults to the scenario seed")
 
     @property
     def max_agents(self) -> int:
@@ -91,6 +100,45 @@ class PopulationConfig(Strict):
 
 
 BUILTIN_RECOMMENDERS: tuple[str, ...] = RecommenderName.__args__
+PARAMS_MAX_VALUES = 10_000  # recommender.params: values in all, nested ones counted
+PARAMS_MAX_DEPTH = 16
+PARAMS_MAX_CHARS = 1_000_000  # of text, keys included
+
+
+def params_problem(params: Any) -> str | None:
+    """Why `params` is not a small JSON-like value (None: it is): text keys; text, finite numbers, booleans,
+    null, lists and mappings; at most PARAMS_MAX_VALUES values, PARAMS_MAX_DEPTH deep, PARAMS_MAX_CHARS of
+    text. A params tree is written back into every run's scenario.yaml, so shared references (YAML aliases)
+    would be expanded there: counting every visit bounds that too. The problem starts with its key path
+    (`layers.0: ...`)."""
+    stack: list[tuple[Any, tuple[str, ...]]] = [(params, ())]
+    count = chars = 0
+    while stack:
+        value, where = stack.pop()
+        at = ".".join(where)
+        count += 1
+        if count > PARAMS_MAX_VALUES:
+            return f"more than {PARAMS_MAX_VALUES:,} values"
+        if len(where) > PARAMS_MAX_DEPTH:
+            return f"{at}: nested deeper than {PARAMS_MAX_DEPTH} levels"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    return f"{at + ': ' if at else ''}key {key!r} is not text"
+                chars += len(key)
+                stack.append((item, (*where, key)))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, (*where, str(i))) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, float) and not math.isfinite(value):
+            return f"{at}: must be a finite number"
+        elif not (value is None or isinstance(value, (str, int, float))):
+            return (f"{at}: a {type(value).__name__} is not allowed (text, numbers, true/false, null, lists and "
+                    "mappings only)")
+        if chars > PARAMS_MAX_CHARS:
+            return f"more than {PARAMS_MAX_CHARS:,} characters of text"
+    return None
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # a plug-in class: "package.module:Class"
 _PLUGIN_NAME = re.compile(r"^[A-Za-z][\w-]*$")  # a name an installed package registered (entry point)
 
@@ -128,6 +176,14 @@ class RecommenderConfig(Strict):
     @classmethod
     def _algorithm_form(cls, value: str) -> str:
         problem = recommender_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _params_json_like(cls, value: dict[str, Any]) -> dict[str, Any]:
+        problem = params_problem(value)
         if problem:
             raise ValueError(problem)
         return value
@@ -182,7 +238,7 @@ class LLMConfig(Strict):
     model: str = "smollm2"
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     concurrency: Annotated[int, Field(gt=0, le=4096)] = 32
-    timeout_s: Annotated[float, Field(gt=0)] = 120.0
+    timeout_s: Annotated[float, Field(gt=0, le=86_400)] = 120.0
     max_retries: Annotated[int, Field(ge=0, le=20)] = Field(
         default=5, description="Transport retries of one call (connection errors, 429, 5xx, timeouts)")
     validation_retries: Annotated[int, Field(ge=0, le=10)] = Field(
@@ -198,6 +254,10 @@ class LLMConfig(Strict):
     adapters: dict[str, Path] = Field(
         default_factory=dict, description="LoRA adapters the embedded server and serve.replicas load beside the "
         "base model (served name -> adapter folder); filled from the learning folder for policy alignuser+")
+    api_key_env: str | None = Field(
+        default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="NAME of the environment variable holding the LLM servers' API key (never the key itself): "
+        "the embedded server and serve.replicas require it, the client sends it; None: no key")
 
     @field_validator("endpoints", mode="before")
     @classmethod
@@ -321,7 +381,10 @@ class TrainConfig(Strict):
     world_model_examples: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
         default=400, description="Stage 1 (next-state prediction) examples at most, drawn over the population")
     policy_examples: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
-        default=800, description="Stage 2 (the human's decision on a training page) examples at most")
+        default=400, description="Stage 2 (the human's decision on a training page) examples at most")
+    judgment_examples: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
+        default=400, description="Stage 2 examples of the evaluation's questions on TRAINING items (pages at "
+        "eval.ratios and eval.items_per_page, the rating call) at most; 0: none (learning/training_data.py)")
     heldout_users: Annotated[float, Field(ge=0, lt=1)] = Field(
         default=0.1, description="Share of the population whose examples are kept out for the held-out loss")
     heldout_examples: Annotated[int, Field(ge=0, le=100_000)] = Field(
@@ -370,12 +433,48 @@ class RunConfig(Strict):
         default=20_000, description="... or when this many are buffered")
     shard_restart_wait_s: Annotated[float, Field(gt=0, le=600)] = Field(
         default=0.5, description="Poll interval while waiting for a crashed shard actor to restart")
+    max_shard_restarts: Annotated[int, Field(ge=0, le=1000)] = Field(
+        default=3, description="Restarts of one shard actor before the run stops (a batch that keeps crashing it)")
+    outage_wait_s: Annotated[float, Field(ge=0, le=86_400)] = Field(
+        default=300.0, description="How long pages whose LLM call failed in transport are retried while no call "
+        "succeeds; after that their sessions are left unfinished, for `--resume`")
+    outage_backoff_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        default=2.0, description="First wait before a page whose LLM call failed in transport is asked again "
+        "(doubles per try, at most 30 s)")
+    max_failure_share: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.05, description="Share of failed pages (counted failures + unfinished sessions) above which the "
+        "run ends `degraded`")
+
+
+class JudgeConfig(Strict):
+    """The human-likeness judge and thought-action consistency (`alignuser-sim judge`): which model judges."""
+
+    model: str | None = Field(default=None, description="Judge model's served name; None: the scenario's llm.model")
+    endpoints: list[str] = Field(
+        default_factory=list, description="OpenAI-compatible base URLs of the judge; empty: the scenario's "
+        "llm.endpoints, or the embedded server")
+    sessions: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
+        default=50, description="Sessions judged per side (simulated, human), one per user")
+    seed: Seed | None = Field(default=None, description="Which users are judged; None: the scenario's seed")
+
+    @field_validator("endpoints", mode="before")
+    @classmethod
+    def _one_endpoint(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("endpoints")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not re.match(r"^https?://", url):
+                raise ValueError(f"'{url}' is not an http(s) URL")
+        return value
 
 
 class Scenario(Strict):
-    name: str = Field(default="", description="Defaults to the file name")
+    name: str = Field(default="", max_length=200, description="Defaults to the file name")
     description: str = ""
-    seed: int = 0
+    seed: Seed = 0
     dataset: DatasetConfig
     population: PopulationConfig = Field(default_factory=PopulationConfig)
     recommender: RecommenderConfig = Field(default_factory=RecommenderConfig)
@@ -387,12 +486,29 @@ class Scenario(Strict):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     run: RunConfig = Field(default_factory=RunConfig)
+    judge: JudgeConfig = Field(default_factory=JudgeConfig)
     output_dir: Path = Path("runs")
 
     @field_validator("policy", mode="before")
     @classmethod
     def _policy_shorthand(cls, value: Any) -> Any:
         return {"kind": value} if isinstance(value, str) else value
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_one_folder(cls, value: str) -> str:
+        """Runs are written to OUTPUT_DIR/NAME: a name with a '/' or '..' would write elsewhere."""
+        if value in (".", "..") or any(c in value for c in "/\\\0"):
+            raise ValueError(f"{value!r} must be one folder name (no '/', '\\', '..' or NUL): runs are "
+                             "written to OUTPUT_DIR/NAME")
+        return value
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir_not_a_file(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a folder")
+        return value
 
     @model_validator(mode="after")
     def _replicas_or_endpoints(self) -> Scenario:

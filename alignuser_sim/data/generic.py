@@ -35,6 +35,10 @@ _INTEGER = r"^[+-]?(0|[1-9]\d*)$"
 _DECIMAL = r"^[+-]?((0|[1-9]\d*)(\.\d*)?|\.\d+)([eE][+-]?\d+)?$"
 _YEAR_3000 = 32_503_680_000  # seconds; a later "timestamp" is almost surely in milliseconds
 _CANONICAL = ("user_id", "item_id", "rating", "ts", "title", "genres", "description")
+# the files that may hold each canonical column: a mapped name must be found in one of those read
+_CARRIERS = {"user_id": ("interactions", "users"), "item_id": ("interactions", "items"),
+             "rating": ("interactions",), "ts": ("interactions",), "title": ("items",), "genres": ("items",),
+             "description": ("items",)}
 
 
 def sources(cfg: DatasetConfig) -> list[Path]:
@@ -55,6 +59,7 @@ def load(cfg: DatasetConfig) -> Dataset:
     path = interactions_file(cfg)
     cols = cfg.columns
     table = read_table(path)
+    seen = {"interactions": table.column_names}
     users = _ids(table, path, "user_id", cols)
     items = _ids(table, path, "item_id", cols)
     rating = _column(table, path, cols, "rating", required=False)
@@ -64,7 +69,7 @@ def load(cfg: DatasetConfig) -> Dataset:
 
     item_table = None
     if cfg.items is not None:
-        item_table = _load_items(cfg, skipped)
+        item_table = _load_items(cfg, skipped, seen)
         _check_known_items(path, items, item_table["item_id"], cfg.items)
 
     keep = pc.and_(pc.is_valid(users), pc.is_valid(items))
@@ -78,7 +83,8 @@ def load(cfg: DatasetConfig) -> Dataset:
     if item_table is None:
         ids = pc.unique(inter["item_id"]).to_pylist()
         item_table = make_items(ids, [None] * len(ids), [[] for _ in ids])
-    user_table = _load_users(cfg, inter["user_id"], skipped)
+    user_table = _load_users(cfg, inter["user_id"], skipped, seen)
+    _check_mapping(cfg, seen)
     for reason, count in skipped.items():
         log.warning("%s: %s: %d rows", path, reason, count)
     return Dataset("generic", inter, item_table, user_table, dict(skipped), source=str(path))
@@ -120,6 +126,21 @@ def _missing(table: pa.Table, cols: TableColumns, canonical: str) -> str:
     found = table.column_names[:10] + (["..."] if table.num_columns > 10 else [])
     mapped = f"mapped from '{source}'; " if source != canonical else ""
     return f"missing column '{canonical}' ({mapped}found: {', '.join(found)})"
+
+
+def _check_mapping(cfg: DatasetConfig, seen: dict[str, list[str]]) -> None:
+    """A mapped name found in none of the files read is a typo: without this check a file that also has the
+    canonical name would be read from that column instead, silently (`_source`'s fallback)."""
+    for canonical, roles in _CARRIERS.items():
+        mapped = getattr(cfg.columns, canonical)
+        read = [role for role in roles if role in seen]
+        if mapped is None or not read or any(mapped in seen[role] for role in read):
+            continue
+        names = seen[read[0]]
+        found = names[:10] + (["..."] if len(names) > 10 else [])
+        where = " or ".join(getattr(cfg, role).name for role in read)
+        message = f"dataset.columns.{canonical} names column '{mapped}', not in {where} (found: {', '.join(found)})"
+        raise DataError(getattr(cfg, read[0]), message)
 
 
 def _column(
@@ -240,10 +261,11 @@ def _extras(table: pa.Table, used: set[str]) -> dict[str, pa.Array]:
 # --- items and users -------------------------------------------------------------------------------------
 
 
-def _load_items(cfg: DatasetConfig, skipped: Counter[str]) -> pa.Table:
+def _load_items(cfg: DatasetConfig, skipped: Counter[str], seen: dict[str, list[str]]) -> pa.Table:
     path, cols = cfg.items, cfg.columns
     assert path is not None
     table = read_table(path)
+    seen["items"] = table.column_names
     ids = _ids(table, path, "item_id", cols)
     _check_unique(path, ids, "item")
     title = _column(table, path, cols, "title", required=False)
@@ -291,13 +313,15 @@ def _genres(column: pa.Array | None, n: int, separator: str) -> list[list[str]]:
     return out
 
 
-def _load_users(cfg: DatasetConfig, interaction_users: pa.ChunkedArray, skipped: Counter[str]) -> pa.Table:
+def _load_users(cfg: DatasetConfig, interaction_users: pa.ChunkedArray, skipped: Counter[str],
+                seen: dict[str, list[str]]) -> pa.Table:
     """The users file's rows (extras typed), plus a bare row for every interacting user it lacks."""
     active = pc.unique(interaction_users.combine_chunks())
     if cfg.users is None:
         return pa.table({"user_id": active})
     path = cfg.users
     table = read_table(path)
+    seen["users"] = table.column_names
     ids = _ids(table, path, "user_id", cfg.columns)
     _check_unique(path, ids, "user")
     columns = {"user_id": ids, **_extras(table, {_source(cfg.columns, "user_id", table)})}

@@ -3,6 +3,10 @@
 A loader is a module with `load(cfg: DatasetConfig) -> Dataset` that raises `DataError` for an unusable
 file and counts merely dirty rows in `Dataset.skipped`. The cache key is the loader's name plus a
 fingerprint of its source files (path, size, mtime), so an edited source file is re-read.
+
+The cache's files are written atomically with names unique to the writer (`alignuser_sim.store`), `meta.json`
+last, so two first loads at once both succeed. A cached file that does not read all the same (a crash before
+the writes were atomic, a damaged disk) is rebuilt from the sources with one warning, not a traceback.
 """
 
 from __future__ import annotations
@@ -10,11 +14,16 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 from pathlib import Path
+
+import pyarrow as pa
 
 from alignuser_sim.config import DatasetConfig
 from alignuser_sim.data.tables import Dataset, check_dataset
 from alignuser_sim.paths import cache_dir
+
+log = logging.getLogger(__name__)
 
 LOADER_VERSION = 1
 LOADERS = {
@@ -52,7 +61,11 @@ def load_dataset(cfg: DatasetConfig, refresh: bool = False) -> Dataset:
     sources = module.sources(cfg)
     folder = cache_dir("datasets") / f"{cfg.name}-{_fingerprint(cfg, sources, module)}"
     if not refresh and (folder / "meta.json").exists():
-        return Dataset.load(folder)
+        try:
+            return Dataset.load(folder)
+        except (OSError, ValueError, KeyError, TypeError, pa.ArrowException) as exc:
+            log.warning("%s: damaged dataset cache (%s); rebuilding it from the sources", folder,
+                        " ".join(str(exc).split())[:160] or type(exc).__name__)
     ds = module.load(cfg)
     check_dataset(ds, module.interactions_file(cfg))
     ds.save(folder)

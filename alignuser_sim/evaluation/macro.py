@@ -60,6 +60,7 @@ def macro_summary(run_dir: Path) -> dict[str, Any]:
         "policy": scenario.policy.label, "users": len(users), "page_cap": cap, "items_per_page": k,
         "human_source": human_source,
         "human": {"sessions": human.sessions, "pages": human.pages},
-        "simulated": {"sessions": simulated.sessions, "pages": simulated.pages, "failed_pages": simulated.failed_pages},
+        "simulated": {"sessions": simulated.sessions, "pages": simulated.pages, "failed_pages": simulated.failed_pages,
+                      "failed_sessions": simulated.failed_sessions},
         "distributions": {name: c.as_dict() for name, c in comparisons.items()},
     }

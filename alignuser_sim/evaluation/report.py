@@ -4,6 +4,8 @@ Sections, each present when its files are:
 - macro: a simulation run folder (events.parquet, scenario.yaml): `evaluation/macro.macro_summary`;
 - discriminator: the same run folder, `evaluation/discriminator.discriminate` (one line instead when the run
   is too small for it);
+- judge: the same run folder once `alignuser-sim judge` has written judge.json there,
+  `evaluation/judge.judge_summary` over the stored judgements;
 - micro: an eval folder (plan.json + decisions): `evaluation/summary.summarize`;
 - ranking: a compare folder (compare_plan.json + runs): `evaluation/ranking.summarize_compare`.
 
@@ -25,6 +27,7 @@ from typing import Any
 from alignuser_sim import store
 from alignuser_sim.errors import UserError
 from alignuser_sim.evaluation.discriminator import MODELS, discriminate, top_features
+from alignuser_sim.evaluation.judge import JUDGE_FILE, judge_summary
 from alignuser_sim.evaluation.macro import LABELS, macro_summary
 from alignuser_sim.evaluation.plots import plot_discriminator, plot_macro, plot_micro, plot_ranking
 from alignuser_sim.evaluation.ranking import OUTCOMES, summarize_compare
@@ -110,8 +113,9 @@ def macro_section(macro: dict[str, Any], images: list[Image]) -> Section:
         f"Run `{macro['run_id']}` ({macro['run_dir']}): {macro['users']} users of {macro['dataset']}, recommender "
         f"{macro['recommender']}, policy {macro['policy']}, at most {macro['page_cap']} pages of "
         f"{macro['items_per_page']} items. Simulated: {macro['simulated']['sessions']} sessions, "
-        f"{macro['simulated']['pages']} decided pages, {macro['simulated']['failed_pages']} failed pages (left "
-        f"out). Human: the rollouts of the same users ({macro['human_source']}), sessions cut at the page cap: "
+        f"{macro['simulated']['pages']} decided pages, {macro['simulated']['failed_pages']} failed pages and "
+        f"{macro['simulated'].get('failed_sessions', 0)} sessions they ended (left out). "
+        f"Human: the rollouts of the same users ({macro['human_source']}), sessions cut at the page cap: "
         f"{macro['human']['sessions']} sessions, {macro['human']['pages']} pages.")
     s.blocks.append("KL(human || simulated) in nats with both histograms smoothed by eps = 1e-3; total variation "
                     "in [0, 1]; W1 = Wasserstein-1 distance in the distribution's unit (numeric ones only).")
@@ -149,6 +153,44 @@ def discriminator_section(result: dict[str, Any], images: list[Image]) -> Sectio
              f"{r['importance']:.3f}"] for r in top_features(result)]
     s.blocks.append(Table(["feature", "mean simulated", "mean human", "coefficient", "importance"], rows))
     s.blocks.extend(images)
+    return s
+
+
+JUDGE_TITLE = "Judge: human-likeness and thought-action consistency"
+
+
+def judge_section(result: dict[str, Any]) -> Section:
+    s = Section(JUDGE_TITLE)
+    if result.get("skipped"):
+        s.blocks.append(f"Not computed: {result['skipped']}")
+        return s
+    like = result["likeness"]
+    s.blocks.append(
+        f"A judge model ({result['model']}) scores sessions from 1 (clearly not a real user) to 5 (indistinguishable "
+        f"from one), one call per session, not told whether a session is simulated or human: one simulated and one "
+        f"human session (the rollouts on the training split, cut at {result['page_cap']} pages) of each of "
+        f"{result['judged_users']} users (of {result['eligible_users']} with both). The score depends on the judge "
+        f"model: read the simulated score beside the humans', not alone. Thoughts "
+        f"{'shown' if result.get('thoughts') else 'not shown'} to the judge. 95% bootstrap intervals over users "
+        f"({result['draws']} draws); the difference is paired on the users judged on both sides.")
+    s.blocks.append(Table(["sessions", "judged", "mean score", *(f"score {k}" for k in range(1, 6))], [
+        [side, str(like["sessions"][side]), ci(like[side], 2), *(str(like["histogram"][side][str(k)])
+                                                                   for k in range(1, 6))]
+        for side in ("simulated", "human")] + [
+        ["simulated - human (paired)", str(like["paired_users"]), ci(like["difference"], 2), *([""] * 5)]]))
+    if like.get("lowest"):
+        s.blocks.append("The judge's reasons for the lowest-scored simulated sessions: " + "; ".join(
+            f"user {r['user_id']} ({r['score']}): {r['reason']}" for r in like["lowest"]))
+    c = result["consistency"]
+    if c.get("skipped"):
+        s.blocks.append(f"Thought-action consistency: {c['skipped']}.")
+    else:
+        s.blocks.append(f"Thought-action consistency: the judge says the thought supports the action taken in "
+                        f"{ci(c['share'])} of {c['decisions']} simulated decisions with a thought (share, 95% "
+                        f"bootstrap interval over users).")
+    if result.get("failed"):
+        s.blocks.append("Judge replies that did not validate (left out): " + ", ".join(
+            f"{k}: {v}" for k, v in sorted(result["failed"].items())))
     return s
 
 
@@ -292,6 +334,12 @@ def build_report(inputs: Inputs, out: Path) -> dict[str, Any]:
             result = data["discriminator"]
             shown = [] if result.get("skipped") else images(plot_discriminator(result, plots))
             sections.append(discriminator_section(result, shown))
+        if (Path(inputs.run) / JUDGE_FILE).exists():
+            try:
+                data["judge"] = judge_summary(inputs.run)
+            except UserError as exc:
+                data["judge"] = {"skipped": str(exc)}
+            sections.append(judge_section(data["judge"]))
     if inputs.eval:
         data["micro"] = summarize(inputs.eval)
         if data["micro"]["micro"]:

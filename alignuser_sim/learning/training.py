@@ -37,10 +37,17 @@ import numpy as np
 
 from alignuser_sim import store
 from alignuser_sim.agent.adapters import AdapterSet, check_base
+from alignuser_sim.agent.decision import decision_format
+from alignuser_sim.agent.memory import load_lesson_memories
 from alignuser_sim.agent.policy import PolicySetup, load_tastes
-from alignuser_sim.config import Scenario, TrainConfig
+from alignuser_sim.agent.rating import RATING_FORMATS
+from alignuser_sim.agent.world_hints import load_world_model_context
+from alignuser_sim.config import PolicyConfig, Scenario, TrainConfig
 from alignuser_sim.core import user_rng
+from alignuser_sim.data import load_dataset
 from alignuser_sim.data.domain import dataset_domain
+from alignuser_sim.data.holdout import split_dataset
+from alignuser_sim.data.taste_probes import build_cases
 from alignuser_sim.errors import UserError
 from alignuser_sim.learning.inputs import LearningInputs, heldout_items, prepare
 from alignuser_sim.learning.journal import Journal
@@ -48,6 +55,7 @@ from alignuser_sim.learning.training_data import (
     POLICY,
     WORLD_MODEL,
     SFTExample,
+    judgment_examples,
     policy_examples,
     world_model_examples,
 )
@@ -56,6 +64,7 @@ from alignuser_sim.store import LearningFolder
 PLAN_VERSION = 1
 PURPOSE_TRAIN_SPLIT = 401  # core.user_rng purposes: the held-out-loss users
 PURPOSE_TRAIN_SAMPLE = 402  # which examples fit the caps
+PURPOSE_TRAIN_CASES = 410  # added to the evaluation's purposes: training's judgment cases (data/taste_probes.py)
 OnProgress = Callable[[str, int, int, dict[str, Any]], None]  # (stage label, step, steps, fields)
 
 
@@ -136,6 +145,16 @@ def persona_clusters(inputs: LearningInputs, personas: dict[str, Any], n: int, s
     return {u: int(c) for u, c in zip(users, labels, strict=True)}
 
 
+def trained_policy(scenario: Scenario) -> PolicyConfig:
+    """The policy the adapter is trained for and served under: the scenario's when it is alignuser+ (its
+    ablation switches kept), else alignuser+ with the scenario's retrieval sizes and decision format. Its
+    prompts (lessons and world-model lines included) are the ones the examples are written in."""
+    if scenario.policy.kind == "alignuser+":
+        return scenario.policy
+    kept = scenario.policy.model_dump(include={"lessons_k", "world_model_k", "history_size", "reasoning"})
+    return PolicyConfig(kind="alignuser+", **kept)
+
+
 def build_training_set(scenario: Scenario, users_limit: int | None = None, clusters: int = 1) -> TrainingSet:
     """The two stages' examples from the learning folder and the training split, split by user into training
     and held-out-loss examples, capped by `train.*_examples`."""
@@ -143,8 +162,13 @@ def build_training_set(scenario: Scenario, users_limit: int | None = None, clust
     folder = scenario.learning_dir()
     inputs = prepare(scenario, users_limit)
     journal = Journal(folder, write=False)
-    setup = PolicySetup(scenario.policy, tastes=load_tastes(folder, inputs.users),
+    config = trained_policy(scenario)
+    setup = PolicySetup(config, tastes=load_tastes(folder, inputs.users), max_tokens=scenario.llm.sampling.max_tokens,
                         domain=dataset_domain(scenario.dataset))
+    if config.use_lessons:
+        setup.lessons = load_lesson_memories(folder, inputs.users, embedder=scenario.learning.embedder)
+    if config.use_world_model:
+        setup.world_model = load_world_model_context(folder, inputs.users)
     personas = {u: setup.persona(p) for u, p in inputs.personas.items()}
     held = {u for u in inputs.users
             if user_rng(scenario.seed, u, PURPOSE_TRAIN_SPLIT).random() < cfg.heldout_users}
@@ -152,15 +176,33 @@ def build_training_set(scenario: Scenario, users_limit: int | None = None, clust
         held.discard(inputs.users[0])
     wm, dropped = world_model_examples(inputs, journal, personas, heldout_items(scenario, inputs.users),
                                        domain=setup.domain)
-    policy = policy_examples(inputs, journal, personas, domain=setup.domain)
+    policy = policy_examples(inputs, journal, personas, domain=setup.domain, setup=setup)
+    judgment = _judgment(scenario, inputs, setup) if cfg.judgment_examples else []
     groups = persona_clusters(inputs, inputs.personas, clusters, scenario.seed)
 
     def part(examples: list[SFTExample], cap: int, heldout: bool) -> list[SFTExample]:
         chosen = [e for e in examples if (e.user_id in held) == heldout]
         return _capped(chosen, cfg.heldout_examples if heldout else cap, scenario.seed)
 
-    return TrainingSet(part(wm, cfg.world_model_examples, False), part(policy, cfg.policy_examples, False),
-                       part(wm, 0, True), part(policy, 0, True), groups, dropped)
+    return TrainingSet(part(wm, cfg.world_model_examples, False),
+                       part(policy, cfg.policy_examples, False) + part(judgment, cfg.judgment_examples, False),
+                       part(wm, 0, True), part(policy + judgment, 0, True), groups, dropped)
+
+
+def _judgment(scenario: Scenario, inputs: LearningInputs, setup: PolicySetup) -> list[SFTExample]:
+    """The evaluation's questions on training items (`training_data.judgment_examples`): cases drawn from the
+    training split like the evaluation draws its own from the held-out one, with the evaluation's negatives
+    of each user left out (an item the evaluation shows as "never touched" is not taught as skipped)."""
+    ds = load_dataset(scenario.dataset)
+    train, heldout = split_dataset(ds)
+    ev = scenario.eval
+    asked, _ = build_cases(ds, heldout, inputs.users, ev.positives_per_user, scenario.seed)
+    cases, _ = build_cases(ds, train.interactions, inputs.users, ev.positives_per_user, scenario.seed,
+                           salt=PURPOSE_TRAIN_CASES, exclude={c.user_id: set(c.negatives) for c in asked})
+    ratings = {u: {i: r for i, r, _liked in inputs.consumed.get(u, []) if r is not None} for u in inputs.users}
+    agents = {c.user_id: setup.agent(inputs.personas[c.user_id], seed=scenario.seed, history_size=0) for c in cases}
+    return judgment_examples(cases, agents, inputs.views, sorted(set(ev.ratios)), ev.items_per_page, scenario.seed,
+                             ratings, decision_format(setup.config.reasoning), RATING_FORMATS[setup.config.reasoning])
 
 
 # --- the training loop ---------------------------------------------------------------------------------------
@@ -275,16 +317,41 @@ class TrainingResult:
     dropped: int
 
 
+def _stage_keys(data: TrainingSet, cfg: TrainConfig, checksum: str, max_steps: int | None) -> dict[str, str]:
+    """What each stage's checkpoints were trained on: its examples, the optimizer settings, the base model and,
+    for stage 2, stage 1's key (it starts from stage 1's adapter). `--fresh` keeps a stage whose key holds."""
+    settings = cfg.model_dump(mode="json", exclude={"clusters", "world_model_examples", "policy_examples",
+                                                    "judgment_examples", "heldout_users", "heldout_examples"})
+
+    def key(groups: list[list[SFTExample]], *more: Any) -> str:
+        h = hashlib.sha256(json.dumps([settings, checksum, max_steps, *more], sort_keys=True).encode())
+        for group in groups:
+            for e in group:
+                h.update(json.dumps(e.prompt_completion(), sort_keys=True).encode())
+        return h.hexdigest()[:16]
+
+    stage1 = key([data.world_model, data.heldout_world_model]) if data.world_model else "none"
+    return {"stage1": stage1, "stage2": key([data.policy, data.heldout_policy], stage1, data.clusters)}
+
+
 def _claim(folder: Path, plan: dict[str, Any], fresh: bool) -> None:
-    """Checkpoints belong to one training set and setting: resuming with others would mix them."""
+    """Checkpoints belong to one training set and setting: resuming with others would mix them. `fresh` starts
+    over every stage whose examples or settings changed and keeps the others (a new policy set reuses a done
+    world-model stage)."""
     path = folder / "plan.json"
     if fresh and folder.exists():
-        shutil.rmtree(folder)
+        old = store.read_json(path) if path.is_file() else {}
+        kept = {k for k, v in old.get("stages", {}).items() if plan["stages"].get(k) == v}
+        for child in folder.iterdir():
+            stage = "stage2" if child.name.startswith("stage2") else child.name
+            if child.is_dir() and stage not in kept:
+                shutil.rmtree(child)
     if path.is_file():
         old = store.read_json(path)
-        if old != plan:
+        if old != plan and not fresh:
             raise UserError(f"{folder}: holds a training with other data or settings (the scenario, the learning "
-                            "folder or train: changed); rerun with --fresh to start over")
+                            "folder or train: changed); rerun with --fresh to start over (a stage whose data and "
+                            "settings did not change is kept)")
     folder.mkdir(parents=True, exist_ok=True)
     store.write_json(path, plan)
 
@@ -321,7 +388,8 @@ def train(scenario: Scenario, *, users: int | None = None, clusters: int | None 
         if not data.policy:
             raise UserError("no training page to learn the policy from (is the population empty?)")
         plan = {"version": PLAN_VERSION, "data": data.digest(), "base": checksum, "clusters": n_clusters,
-                "train": cfg.model_dump(mode="json", exclude={"clusters"}), "max_steps": max_steps}
+                "train": cfg.model_dump(mode="json", exclude={"clusters"}), "max_steps": max_steps,
+                "stages": _stage_keys(data, cfg, checksum, max_steps)}
         _claim(layout.training, plan, fresh)
         note(f"stage 1 (world model): {len(data.world_model):,} examples; stage 2 (policy): {len(data.policy):,} "
              f"in {n_clusters} cluster(s); held-out loss on {len(data.heldout_world_model)} + "
@@ -368,6 +436,45 @@ def train(scenario: Scenario, *, users: int | None = None, clusters: int | None 
     return TrainingResult(manifest, stages, layout.adapters / "card.md", seconds, data.dropped)
 
 
+def merge_adapters(scenario: Scenario, on_note: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """Each trained adapter merged into its base model (peft's `merge_and_unload`), saved as a full model under
+    LEARNING_DIR/merged/<served name>/: for CPU serving, where vLLM's LoRA path runs ~10x slower than the base
+    model (docs/learning.md). Serve one with `alignuser-sim llm serve --model DIR --served-model-name NAME`.
+    An up-to-date merge (same adapter weights) is kept."""
+    from alignuser_sim.agent.adapters import load_adapters
+
+    _require_training_libraries()
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    layout = LearningFolder(scenario.learning_dir())
+    adapters = load_adapters(layout.path)
+    base = _base_path(adapters.base_model)
+    out: dict[str, Path] = {}
+    for name, path in adapters.paths().items():
+        target = layout.path / "merged" / name
+        stamp = hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()
+        if (target / "merged.json").is_file() and store.read_json(target / "merged.json").get("adapter") == stamp:
+            out[name] = target
+            continue
+        if on_note:
+            on_note(f"merging {name} into {adapters.base_model or 'the embedded model'} -> {target}")
+        staging = target.with_name(target.name + ".new")
+        shutil.rmtree(staging, ignore_errors=True)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # merge at full precision
+        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
+        saved = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
+        model.to(getattr(torch, str(saved).replace("torch.", ""), torch.float32) if saved else torch.float32)
+        model.save_pretrained(str(staging))  # in the base model's own dtype
+        AutoTokenizer.from_pretrained(base).save_pretrained(str(staging))
+        store.write_json(staging / "merged.json", {"adapter": stamp, "served_name": name})
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        out[name] = target
+    return out
+
+
 def write_card(folder: Path, scenario: Scenario, adapters: AdapterSet, stages: list[StageResult], data: TrainingSet,
                seconds: float, base: str) -> None:
     """The training card: what was trained on, how it went, what it is (card.md, card.json, loss.png)."""
@@ -391,8 +498,9 @@ def write_card(folder: Path, scenario: Scenario, adapters: AdapterSet, stages: l
              f"- examples: stage 1 (world model) {len(data.world_model):,}, stage 2 (policy) {len(data.policy):,}; "
              f"held-out users' examples {len(data.heldout_world_model)} + {len(data.heldout_policy)}; "
              f"{data.dropped} world-model examples dropped because they showed a held-out item",
-             f"- wall time {seconds / 60:.1f} min, {tokens:,} training tokens, "
-             f"{card['tokens_per_s']} tokens/s",
+             f"- training time {train_seconds / 60:.1f} min over the stages (the last command took "
+             f"{seconds / 60:.1f} min; a stage whose settings did not change is kept from an earlier run), "
+             f"{tokens:,} training tokens, {card['tokens_per_s']} tokens/s",
              f"- LoRA r={scenario.train.lora_r}, alpha={scenario.train.lora_alpha}",
              f"- adapters: {', '.join(adapters.adapters)}", "",
              "| stage | examples | steps | held-out loss before | after |", "|---|---:|---:|---:|---:|"]

@@ -8,6 +8,10 @@
   training page, the reply the human's decision in the scenario's decision format. Where learning reflected
   on the page, the reflection's first-person reasoning is the thought; elsewhere a format with a thought gets
   a plain one that states what the human did (never invented taste).
+- Stage 2 also learns the questions the evaluation asks (`judgment_examples`), on TRAINING items: pages of
+  the user's training-split items among items the user never touched, at the evaluation's ratios and page
+  size, and the rating call on the user's rated training items. Without them the adapter learns the rollout
+  pages' shape (how many items a 4-item page holds) and answers an 8- or 10-item page by count, not taste.
 
 No held-out data reaches an example: rollouts, the recommender and the item statistics are built from the
 training split (`learning/inputs.prepare`), distractors are items the user never rated at all, and a world-
@@ -25,16 +29,20 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from alignuser_sim.agent.decision import FULL, Decision, DecisionFormat, clip_thought, decision_format
+from alignuser_sim.agent.decision import FULL, Decision, DecisionFormat, clip_thought, decision_format, positions
 from alignuser_sim.agent.persona_agent import PersonaAgent
+from alignuser_sim.agent.policy import PolicySetup
+from alignuser_sim.agent.rating import RatingFormat, rating_messages
 from alignuser_sim.core import MOVIES, PURPOSE_EXPORT_PAGES, Action, Domain, ItemView, NextState, user_rng
 from alignuser_sim.data.personas import Persona
+from alignuser_sim.data.taste_probes import UserCase
 from alignuser_sim.learning.inputs import LearningInputs
 from alignuser_sim.learning.journal import Journal
 from alignuser_sim.learning.world_model import Question, candidate_items, dominant_genres, prediction_messages
 
 WORLD_MODEL = "world_model"
 POLICY = "policy"
+JUDGMENT = "judgment"  # stage 2 too: the evaluation's questions on training items
 STAGES = (WORLD_MODEL, POLICY)
 
 
@@ -139,10 +147,12 @@ def world_model_examples(inputs: LearningInputs, journal: Journal | None, person
 
 def policy_examples(inputs: LearningInputs, journal: Journal | None, personas: dict[str, Persona],
                     max_pages: int | None = None, reflected_only: bool = False,
-                    domain: Domain = MOVIES) -> list[SFTExample]:
-    """Stage 2's examples: every training page (or only the reflected ones), the human's decision as reply."""
+                    domain: Domain = MOVIES, setup: PolicySetup | None = None) -> list[SFTExample]:
+    """Stage 2's examples: every training page (or only the reflected ones), the human's decision as reply.
+    `setup`: the policy whose prompts the examples are written in (its lessons and world-model lines, its
+    decision format); None: the scenario's decision format and the persona alone."""
     scenario, views = inputs.scenario, inputs.views
-    fmt = decision_format(scenario.policy.reasoning)
+    fmt = decision_format(setup.config.reasoning if setup else scenario.policy.reasoning)
     reasoning: dict[tuple[str, int], str] = {}
     if journal is not None:
         for record in journal.of_kind("reflection"):
@@ -156,12 +166,54 @@ def policy_examples(inputs: LearningInputs, journal: Journal | None, personas: d
             state = inputs.state(uid, s)
             recent = state.history[-inputs.history_size:] if inputs.history_size else []
             history = [(views[i].title if i in views else i, rating_of(r)) for i, r in recent]
-            agent = PersonaAgent(personas[uid], seed=scenario.seed, history=history,
-                                 history_size=inputs.history_size, decision_format=fmt, domain=domain)
+            if setup is not None:
+                agent = setup.agent(personas[uid], seed=scenario.seed, history=history,
+                                    history_size=inputs.history_size)
+            else:
+                agent = PersonaAgent(personas[uid], seed=scenario.seed, history=history,
+                                     history_size=inputs.history_size, decision_format=fmt, domain=domain)
             page = [views.get(i) or ItemView(i, f"item {i}") for i in state.page]
             action = inputs.human_action(uid, s)
             thought = reasoning.get((uid, s)) or plain_thought(page, action)
             reply = human_decision(page, action, thought, fmt).model_dump_json()
             shown = set(state.page) | {i for i, _ in recent}
             out.append(SFTExample(POLICY, uid, s, agent.messages(state.page_no, page), reply, shown))
+    return out
+
+
+def rating_reply(fmt: RatingFormat, items: list[ItemView], truths: list[float]) -> BaseModel:
+    """The human's ratings as the rating call's reply in its format (a brief format's thought names the
+    favourite: it states the ratings, so it always agrees with them)."""
+    keys = positions(len(items)) if fmt.by_position else [v.item_id for v in items]
+    ratings = {k: min(5, max(1, int(round(r)))) for k, r in zip(keys, truths, strict=True)}
+    fields: dict[str, Any] = {"ratings": ratings}
+    if "thought" in fmt.reply.model_fields:
+        best = max(range(len(items)), key=lambda i: truths[i])
+        fields["thought"] = clip_thought(f"I liked {items[best].title} the most.", 80)
+    return fmt.reply(**fields)
+
+
+def judgment_examples(cases: list[UserCase], agents: dict[str, PersonaAgent], views: dict[str, ItemView],
+                      ratios: list[int], items_per_page: int, seed: int, ratings: dict[str, dict[str, float]],
+                      fmt: DecisionFormat, rating_fmt: RatingFormat) -> list[SFTExample]:
+    """The evaluation's questions on training items (see the module docstring): every ratio's pages of each
+    case (`UserCase.page_items`, as the evaluation cuts them) with the human's positives as the watched items,
+    and one rating call on the case's rated items. `cases` come from the TRAINING split; the agents are built
+    as the evaluated policy builds them (history off, the policy's lessons and world-model lines)."""
+    out: list[SFTExample] = []
+    for case in cases:
+        agent = agents[case.user_id]
+        known = ratings.get(case.user_id, {})
+        for ratio in ratios:
+            for page_no, (ids, labels) in enumerate(case.page_items(ratio, items_per_page, seed)):
+                page = [views.get(i) or ItemView(i, f"item {i}") for i in ids]
+                action = Action(tuple((i, known.get(i)) for i, pos in zip(ids, labels, strict=True) if pos), False)
+                thought = plain_thought(page, action)
+                reply = human_decision(page, action, thought, fmt).model_dump_json()
+                out.append(SFTExample(JUDGMENT, case.user_id, page_no, agent.messages(page_no, page), reply, set(ids)))
+        if case.rated:
+            items = [views.get(i) or ItemView(i, f"item {i}") for i, _ in case.rated]
+            reply = rating_reply(rating_fmt, items, [r for _, r in case.rated]).model_dump_json()
+            out.append(SFTExample(JUDGMENT, case.user_id, -1, rating_messages(agent, items, rating_fmt), reply,
+                                  {i for i, _ in case.rated}))
     return out

@@ -11,6 +11,9 @@ Storage: ONE sqlite3 file (stdlib) in WAL mode. Why sqlite rather than one file 
 - millions of entries stay one file (no directory with millions of inodes), lookups are a B-tree probe;
 - `INSERT OR IGNORE` makes the first writer of a key win; a writer that lost the race reads back the
   winner, so every process agrees on what a key maps to.
+A damaged page (a disk error, a file copied while written) makes sqlite raise on the rows it holds: such a
+lookup counts as a miss and a store as not stored, with one warning per cache, so a run asks the model again
+instead of failing on every call that touches the page.
 Limit: sqlite's locking needs a local filesystem (not NFS). On a multi-node cluster give each node its
 own cache file (the default location is per machine) or point all shards at one node-local path.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -31,6 +35,8 @@ from typing import Any, Literal
 
 from alignuser_sim.errors import UserError
 from alignuser_sim.paths import cache_dir, home
+
+log = logging.getLogger(__name__)
 
 CacheMode = Literal["off", "read_write", "replay"]
 KEY_VERSION = 1
@@ -113,6 +119,7 @@ class CompletionCache:
         self.path = path
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self.damaged = 0  # lookups and stores that met a damaged page
         if mode != "off":
             self._open()
 
@@ -139,35 +146,53 @@ class CompletionCache:
     def get(self, key: str) -> CacheEntry | None:
         if self._conn is None:
             return None
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT raw, finish_reason, prompt_tokens, completion_tokens, attempts, model "
-                "FROM completions WHERE key = ?",
-                (key,),
-            ).fetchone()
+        try:
+            with self._lock:
+                row = self._conn.execute(
+                    "SELECT raw, finish_reason, prompt_tokens, completion_tokens, attempts, model "
+                    "FROM completions WHERE key = ?",
+                    (key,),
+                ).fetchone()
+        except sqlite3.DatabaseError as exc:  # not OperationalError's "locked": the busy timeout handles that
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            self._damaged(exc)
+            return None
         return None if row is None else CacheEntry(*row)
+
+    def _damaged(self, exc: Exception) -> None:
+        self.damaged += 1
+        if self.damaged == 1:
+            log.warning("%s: damaged completion cache (%s): its entries count as misses; remove the file to "
+                        "rebuild it", self.path, exc)
 
     def put(self, key: str, entry: CacheEntry) -> CacheEntry:
         """Store `entry` unless the key is already there; returns the entry the cache holds for the key."""
         if self.mode != "read_write" or self._conn is None:
             return entry
-        with self._lock:
-            cur = self._conn.execute(
-                "INSERT OR IGNORE INTO completions "
-                "(key, model, raw, finish_reason, prompt_tokens, completion_tokens, attempts, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    key,
-                    entry.model,
-                    entry.raw,
-                    entry.finish_reason,
-                    entry.prompt_tokens,
-                    entry.completion_tokens,
-                    entry.attempts,
-                    time.time(),
-                ),
-            )
-            inserted = cur.rowcount == 1
+        try:
+            with self._lock:
+                cur = self._conn.execute(
+                    "INSERT OR IGNORE INTO completions "
+                    "(key, model, raw, finish_reason, prompt_tokens, completion_tokens, attempts, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        key,
+                        entry.model,
+                        entry.raw,
+                        entry.finish_reason,
+                        entry.prompt_tokens,
+                        entry.completion_tokens,
+                        entry.attempts,
+                        time.time(),
+                    ),
+                )
+                inserted = cur.rowcount == 1
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise
+            self._damaged(exc)
+            return entry
         if inserted:
             return entry
         return self.get(key) or entry

@@ -51,7 +51,7 @@ from alignuser_sim.llm.cache import CacheEntry, CacheMode, CompletionCache, Repl
 from alignuser_sim.llm.protocol import CallResult, T, Usage
 from alignuser_sim.llm.retry import RetryPolicy, derived_seed
 from alignuser_sim.llm.schemas import json_schema_for, response_format_for, validate_reply
-from alignuser_sim.llm.transport import Completion, TransportError, openai_client, send_chat
+from alignuser_sim.llm.transport import NO_KEY, Completion, TransportError, api_key_from_env, openai_client, send_chat
 from alignuser_sim.store import LLM_FAILURES
 
 log = logging.getLogger("alignuser_sim.llm")
@@ -81,7 +81,7 @@ class LLMClient:
         backoff_max_s: float = _DEFAULT.backoff_max_s,
         retry_after_max_s: float = _DEFAULT.retry_after_max_s,
         endpoint_cooldown_s: float = _DEFAULT.endpoint_cooldown_s,
-        api_key: str = "EMPTY",
+        api_key: str = NO_KEY,
         send_seed: bool = False,
         rng_seed: int | None = None,
     ):
@@ -141,6 +141,8 @@ class LLMClient:
             "cache_path": cache_path,
             "run_dir": run_dir,
         }
+        if "api_key" not in overrides:  # the key named by the scenario, read where the client runs
+            kwargs["api_key"] = api_key_from_env(config.api_key_env) or NO_KEY
         kwargs.update(overrides)
         return cls(urls, **kwargs)
 

@@ -21,15 +21,22 @@ if TYPE_CHECKING:
     from alignuser_sim.llm.client import LLMClient
 
 
-def check_endpoints(endpoints: list[str], timeout_s: float = 10.0) -> None:
-    """Fail in one line naming the endpoint when it does not answer (a typo, a server not started)."""
+def check_endpoints(endpoints: list[str], timeout_s: float = 10.0, *, api_key_env: str | None = None) -> None:
+    """Fail in one line naming the endpoint when it does not answer (a typo, a server not started) or refuses
+    the API key (`llm.api_key_env`: none sent, or the wrong one): every call would fail the same way."""
     import httpx
 
+    from alignuser_sim.llm.transport import AUTH_STATUS, api_key_from_env, auth_hint
+
+    key = api_key_from_env(api_key_env)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     for url in endpoints:
         try:
-            httpx.get(url.rstrip("/") + "/models", timeout=timeout_s)
+            status = httpx.get(url.rstrip("/") + "/models", headers=headers, timeout=timeout_s).status_code
         except httpx.HTTPError as exc:
             raise UserError(f"llm.endpoints: {url}: not reachable ({type(exc).__name__})") from None
+        if status in AUTH_STATUS:
+            raise UserError(f"llm.endpoints: {url}: {auth_hint(status, api_key_env)}")
 
 
 def embedded_note(log_path: Path) -> str:
@@ -49,7 +56,7 @@ def open_client(config: LLMConfig, folder: Path, note: Callable[[str], None] | N
     if not config.endpoints and note is not None:
         note(embedded_note(log_path))
     with embedded_endpoints(config, log_path=log_path) as endpoints:
-        check_endpoints(endpoints)
+        check_endpoints(endpoints, api_key_env=config.api_key_env)
         client = LLMClient.from_config(config, endpoints=endpoints, run_dir=folder)
         try:
             yield client

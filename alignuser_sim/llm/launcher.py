@@ -51,6 +51,7 @@ from alignuser_sim.llm.server_command import (
     lora_args,
     resolve_model,
     served_name,
+    server_key_env,
     vllm_argv,
     vllm_env,
 )
@@ -368,6 +369,9 @@ def embedded_endpoints(config: LLMConfig, **server_kwargs: object) -> Iterator[l
         yield list(config.endpoints)
         return
     server_kwargs.setdefault("served_model_name", config.model)
+    if config.api_key_env:  # the server requires the scenario's key (llm.api_key_env)
+        env = dict(server_kwargs.get("env") or {})  # type: ignore[call-overload]
+        server_kwargs["env"] = {**env, **server_key_env(config.api_key_env)}
     if config.adapters:  # the trained adapters, served beside the base model (policy alignuser+)
         extra = list(server_kwargs.get("extra_args") or ())  # type: ignore[call-overload]
         server_kwargs["extra_args"] = extra + lora_args(config.adapters)

@@ -160,6 +160,18 @@ def vllm_env(
     return env
 
 
+API_KEY_VAR = "VLLM_API_KEY"  # vLLM's own variable, the same as `--api-key` (which would show the key in `ps`)
+
+
+def server_key_env(api_key_env_name: str | None) -> dict[str, str]:
+    """The server's environment entry that makes it require the key named by `llm.api_key_env` on /v1 (vLLM
+    answers 401 without it); {} when the scenario names none."""
+    from alignuser_sim.llm.transport import api_key_from_env
+
+    key = api_key_from_env(api_key_env_name)
+    return {API_KEY_VAR: key} if key else {}
+
+
 LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
 
 

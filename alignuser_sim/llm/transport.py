@@ -3,20 +3,27 @@
 Everything the client knows about the wire lives here: which base URL a user's address means, how the
 `openai` SDK's exceptions map to failure kinds (timeout, connection, http_<status>, bad_response), whether
 a kind is worth retrying (the contract's `is_transient_status`), and how long the server asked us to wait
-(`Retry-After` / `retry-after-ms`). The SDK is imported on the first request: it is heavy to import.
+(`Retry-After` / `retry-after-ms`), and which API key it sends (`api_key_from_env`: the scenario names an
+environment variable, never the key, so the key stays out of scenario files and run folders). The SDK is
+imported on the first request: it is heavy to import.
 """
 
 from __future__ import annotations
 
 import email.utils
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+from alignuser_sim.errors import UserError
 from alignuser_sim.llm.protocol import is_transient_status
+
+NO_KEY = "EMPTY"  # what the SDK sends when the servers need no key (it refuses an empty one)
+AUTH_STATUS = (401, 403)
 
 
 @dataclass
@@ -75,6 +82,26 @@ def parse_retry_after(headers: Mapping[str, str] | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def api_key_from_env(name: str | None) -> str | None:
+    """The key held by the environment variable `name` (`llm.api_key_env`); None when no variable is named. A
+    named variable that is unset or empty is a setup mistake: one line, before any server starts."""
+    if not name:
+        return None
+    key = os.environ.get(name, "").strip()
+    if not key:
+        raise UserError(f"llm.api_key_env: the environment variable {name} is not set (it must hold the API key "
+                        "the LLM servers require)")
+    return key
+
+
+def auth_hint(status: int, api_key_env: str | None) -> str:
+    """What a 401/403 means for the user, on one line."""
+    if api_key_env:
+        return f"HTTP {status}: the server refused the API key in ${api_key_env}"
+    return (f"HTTP {status}: the server requires an API key; set llm.api_key_env to the name of an environment "
+            "variable holding it")
 
 
 def openai_client(url: str, api_key: str, timeout_s: float) -> Any:

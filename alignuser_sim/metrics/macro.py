@@ -87,6 +87,7 @@ class Samples:
     pages: int = 0
     sessions: int = 0
     failed_pages: int = 0
+    failed_sessions: int = 0  # sessions a failed page ended: left out, as stats.json's `sessions_failed`
 
     def values(self, name: str) -> list[Any]:
         return getattr(self, name)
@@ -119,6 +120,7 @@ def samples_from_events(rows: Iterable[Mapping[str, Any]], page_cap: int,
         _page_values(out, row["watched"], row["ratings"], row["items"], genres_of)
     for row in last.values():
         if row.get("failure"):
+            out.failed_sessions += 1
             continue
         pages = min(int(row["page"]) + 1, page_cap)
         out.sessions += 1

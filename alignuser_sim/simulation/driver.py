@@ -17,12 +17,20 @@ milliseconds of each other (`batch_window_s`) get their pages in one recommender
 shard in one decide call, and decisions come back in chunks. A page served to an agent is remembered until
 its decision is logged, so a retried request (a shard that died mid-page) is decided on the same page, and
 the recommender sees each page's feedback exactly once, before that agent's next page is served.
+
+An LLM outage does not end sessions. A decision whose call failed in transport (connection refused, timeout,
+HTTP 5xx: `llm.protocol.is_transient`) is no decision: it is not logged, the agent is parked and asks again
+on the same page after a backoff (`run.outage_backoff_s`, doubling per try up to `OUTAGE_BACKOFF_MAX_S`). The
+run tolerates `run.outage_wait_s` seconds without any answer from the server; a page still failing after that
+leaves its session unfinished (`Driver.unfinished`), which `--resume` retries since no event was logged for
+it. A reply that did not validate is a decision (a counted, logged failure that ends the session), as before.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -32,11 +40,12 @@ from alignuser_sim.agent.policy import PolicySetup
 from alignuser_sim.config import RunConfig
 from alignuser_sim.core import Catalogue, ItemView
 from alignuser_sim.data.personas import Persona
-from alignuser_sim.llm.protocol import StructuredLLM
+from alignuser_sim.llm.protocol import StructuredLLM, is_transient
 from alignuser_sim.simulation.events import Event, EventLog, MacroStats
 
 log = logging.getLogger(__name__)
 _RUN = RunConfig()  # the defaults of the `run:` knobs, for a driver made without a scenario (tests, benchmarks)
+OUTAGE_BACKOFF_MAX_S = 30.0  # the longest wait of a parked page between two tries
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,8 @@ class AgentProgress:
     session: int = 0
     page: int = 0
     done: bool = False
+    tries: int = 0  # transport failures of the current page in a row
+    unfinished: bool = False  # given up after the outage budget: not done, left for `--resume`
 
 
 @dataclass
@@ -199,12 +210,17 @@ class Driver:
     decide_stream: Callable[[int, list[PageRequest]], AsyncIterator[list[Event]]] | None = None
     max_batch: int = _RUN.max_batch  # agents per recommender / decide call
     batch_window_s: float = _RUN.batch_window_s  # how long agents coming back are gathered into one batch
+    outage_wait_s: float = _RUN.outage_wait_s  # how long the run goes on with no answer from the LLM server
+    outage_backoff_s: float = _RUN.outage_backoff_s  # first wait of a page whose call failed in transport
 
     def __post_init__(self) -> None:
         for ids in self.shards.values():
             for agent_id in ids:
                 self.progress.setdefault(agent_id, AgentProgress())
         self._pending: dict[str, PageRequest] = {}
+        self._outage_since: float | None = None  # first transport failure since the last answer (monotonic)
+        self._gave_up = False  # a session was left unfinished (said once in the log)
+        self.replayed = 0  # events taken as done from an earlier part of the run (resume)
 
     def session_over(self, event: Event) -> bool:
         return event.action == "exit" or event.failure is not None or event.page + 1 >= self.page_cap
@@ -215,6 +231,7 @@ class Driver:
         rounds: dict[tuple[int, int], list] = {}
         for event in sorted(events, key=lambda e: (e.session, e.page, e.agent_id)):
             self._advance(event)
+            self.replayed += 1
             rounds.setdefault((event.session, event.page), []).append(feedback_of(event))
         return [rounds[key] for key in sorted(rounds)]
 
@@ -229,8 +246,19 @@ class Driver:
     def agents_done(self) -> int:
         return sum(p.done for p in self.progress.values())
 
+    @property
+    def unfinished(self) -> list[str]:
+        """Agents whose session was left unfinished by an outage (retried by `--resume`)."""
+        return sorted(a for a, p in self.progress.items() if p.unfinished)
+
     async def run(self) -> MacroStats:
-        await asyncio.gather(*(self._run_shard(shard, ids) for shard, ids in self.shards.items()))
+        feeders = [asyncio.ensure_future(self._run_shard(shard, ids)) for shard, ids in self.shards.items()]
+        try:
+            await asyncio.gather(*feeders)
+        finally:  # one shard's failure stops the others
+            for feeder in feeders:
+                feeder.cancel()
+        self.stats.sessions_unfinished = len(self.unfinished)
         return self.stats
 
     async def _run_shard(self, shard: int, agent_ids: list[str]) -> None:
@@ -241,6 +269,11 @@ class Driver:
             if not self.progress[agent_id].done:
                 ready.put_nowait(agent_id)
         streams: set[asyncio.Task[None]] = set()
+
+        def track(task: asyncio.Task[None]) -> None:
+            task.add_done_callback(ready.put_nowait)  # the ended task itself is a message
+            streams.add(task)
+
         try:
             while streams or not ready.empty():
                 batch: list[str] = []
@@ -253,9 +286,7 @@ class Driver:
                     continue
                 requests = await self._serve(batch)
                 if requests:
-                    task = asyncio.create_task(self._decide_and_log(shard, requests, ready))
-                    task.add_done_callback(ready.put_nowait)  # the ended stream itself is a message
-                    streams.add(task)
+                    track(asyncio.create_task(self._decide_and_log(shard, requests, ready, track)))
         finally:
             for task in streams:
                 task.cancel()
@@ -287,13 +318,24 @@ class Driver:
                 del self._pending[agent_id]
         return requests
 
-    async def _decide_and_log(self, shard: int, requests: list[PageRequest], ready: asyncio.Queue[Any]) -> None:
+    async def _decide_and_log(self, shard: int, requests: list[PageRequest], ready: asyncio.Queue[Any],
+                              track: Callable[[asyncio.Task[None]], None]) -> None:
         waiting = {r.agent_id for r in requests}
-        async for events in self._stream(shard, requests):
+        async for answered in self._stream(shard, requests):
+            events = []
+            for event in answered:
+                waiting.discard(event.agent_id)
+                if is_transient(event.failure):
+                    self._park(event.agent_id, ready, track)
+                else:
+                    events.append(event)
+            if not events:
+                continue
+            self._outage_since = None  # the server answers
             fresh = self.event_log.append(events)
             for event in events:
                 self._pending.pop(event.agent_id, None)
-                waiting.discard(event.agent_id)
+                self.progress[event.agent_id].tries = 0
             for event in fresh:
                 self._advance(event)
             if self.on_events is not None:
@@ -305,6 +347,28 @@ class Driver:
         if waiting:
             raise RuntimeError(f"shard {shard} returned no decision for {len(waiting)} of its requests")
 
+    def _park(self, agent_id: str, ready: asyncio.Queue[Any], track: Callable[[asyncio.Task[None]], None]) -> None:
+        """The agent's call failed in transport: ask again on the same page (kept in `_pending`) after a
+        backoff, or give its session up once the run has had no answer for `outage_wait_s`."""
+        p = self.progress[agent_id]
+        now = time.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+            log.warning("LLM calls fail in transport; parked pages are asked again for up to %g s",
+                        self.outage_wait_s)
+        left = self._outage_since + self.outage_wait_s - now
+        if left <= 0:
+            if not self._gave_up:
+                self._gave_up = True
+                log.warning("no LLM answer for %g s: sessions whose page still fails are left unfinished "
+                            "(`--resume` retries them)", self.outage_wait_s)
+            p.unfinished = True
+            return
+        p.tries += 1
+        self.stats.transport_retries += 1
+        wait = min(self.outage_backoff_s * 2 ** (p.tries - 1), OUTAGE_BACKOFF_MAX_S) * random.uniform(0.75, 1.0)
+        track(asyncio.create_task(_requeue(agent_id, min(wait, left), ready)))
+
     async def _stream(self, shard: int, requests: list[PageRequest]) -> AsyncIterator[list[Event]]:
         if self.decide_stream is not None:
             async for events in self.decide_stream(shard, requests):
@@ -312,3 +376,8 @@ class Driver:
             return
         async for chunks in as_completed_chunks(self.decide(shard, [r]) for r in requests):
             yield [event for chunk in chunks for event in chunk]
+
+
+async def _requeue(agent_id: str, delay_s: float, ready: asyncio.Queue[Any]) -> None:
+    await asyncio.sleep(delay_s)
+    ready.put_nowait(agent_id)

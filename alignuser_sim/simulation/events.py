@@ -84,7 +84,13 @@ def events_from_table(table: pa.Table) -> list[Event]:
 
 @dataclass
 class MacroStats:
-    """Distributions aggregated event by event; `merge` combines the stats of several processes."""
+    """Distributions aggregated event by event; `merge` combines the stats of several processes.
+
+    A session ended by a failed call (a reply that never validated) holds no decision on its last page: it
+    counts in `sessions_failed`, not in `exit_page` / `pages_per_session` / `sessions_done`, as the report's
+    macro section leaves it out. A session whose page could not be asked (the LLM server unreachable past
+    `run.outage_wait_s`) is not over: the driver counts it in `sessions_unfinished` and `--resume` retries it.
+    """
 
     decisions: int = 0
     failures: Counter = field(default_factory=Counter)
@@ -93,7 +99,10 @@ class MacroStats:
     watches_per_page: Counter = field(default_factory=Counter)  # watches on a page -> pages
     exit_page: Counter = field(default_factory=Counter)  # page of the exit (or the cap) -> sessions
     pages_per_session: Counter = field(default_factory=Counter)
-    sessions_done: int = 0
+    sessions_done: int = 0  # sessions that ended by an exit or the page cap
+    sessions_failed: int = 0  # sessions ended by a failed call
+    sessions_unfinished: int = 0  # set by the driver at the end: sessions left for `--resume`
+    transport_retries: int = 0  # pages asked again after a transport failure (set by the driver)
     prompt_tokens: int = 0
     completion_tokens: int = 0
     from_cache: int = 0
@@ -114,13 +123,16 @@ class MacroStats:
             for watched, rating in zip(event.watched, event.ratings, strict=True):
                 if watched and rating is not None:
                     self.ratings[int(rating)] += 1
-        if session_over:
+        if session_over and event.failure:
+            self.sessions_failed += 1
+        elif session_over:
             self.sessions_done += 1
             self.exit_page[event.page] += 1
             self.pages_per_session[event.page + 1] += 1
 
     def merge(self, other: MacroStats) -> None:
-        for name in ("decisions", "invalid_ids", "sessions_done", "prompt_tokens", "completion_tokens", "from_cache"):
+        for name in ("decisions", "invalid_ids", "sessions_done", "sessions_failed", "sessions_unfinished",
+                     "transport_retries", "prompt_tokens", "completion_tokens", "from_cache"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         for name in ("failures", "ratings", "watches_per_page", "exit_page", "pages_per_session"):
             getattr(self, name).update(getattr(other, name))
@@ -137,6 +149,9 @@ class MacroStats:
         return {
             "decisions": self.decisions,
             "sessions_done": self.sessions_done,
+            "sessions_failed": self.sessions_failed,
+            "sessions_unfinished": self.sessions_unfinished,
+            "transport_retries": self.transport_retries,
             "failures": sum(self.failures.values()),
             "failures_by_kind": dict(self.failures),
             "invalid_ids": self.invalid_ids,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 import uuid
@@ -17,6 +18,8 @@ import pyarrow.parquet as pq
 
 from alignuser_sim.errors import UserError
 
+log = logging.getLogger(__name__)
+
 # --- atomic writes -------------------------------------------------------------------------------------------
 
 
@@ -28,12 +31,18 @@ def _fsync(path: Path, directory: bool = False) -> None:
         os.close(fd)
 
 
+def temp_name(path: Path) -> Path:
+    """A temporary beside `path`, unique to this writer (process and call): two processes writing one file at
+    once (two first loads of a dataset) each write their own and the last rename wins, whole."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+
+
 @contextlib.contextmanager
 def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield the temporary path to write; a clean exit renames it over `path` (both flushed to disk), an
     error removes it."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temp_name(path)
     try:
         yield tmp
         _fsync(tmp)
@@ -88,9 +97,31 @@ def part_files(folder: Path) -> list[Path]:
     return sorted(Path(folder).glob("part-*.parquet"), key=lambda p: p.stat().st_mtime_ns)
 
 
+QUARANTINE = ".corrupt"
+
+
+def _read_part(path: Path, schema: pa.Schema) -> pa.Table | None:
+    """A part file, or None for one that does not read (truncated by a crash or a full disk before the writes
+    were atomic, or damaged since): it is renamed aside (`*.corrupt`, kept for a look) with one warning, so
+    the resume that reads the folder redoes the rows it held instead of failing on every attempt."""
+    try:
+        return pq.read_table(path, schema=schema)
+    except (OSError, pa.ArrowException) as exc:
+        if not path.exists():  # merged and removed by a finishing writer meanwhile: nothing lost
+            return None
+        aside = path.with_name(path.name + QUARANTINE)
+        with contextlib.suppress(OSError):
+            path.replace(aside)
+        log.warning("%s: unreadable part (%s), moved aside to %s; its rows will be redone", path,
+                    " ".join(str(exc).split())[:200], aside.name)
+        return None
+
+
 def merge_parts(files: Sequence[Path], schema: pa.Schema, key: Sequence[str]) -> pa.Table:
-    """The files as one table: one row per key (the first in file order), sorted by key."""
-    table = pa.concat_tables([pq.read_table(f, schema=schema) for f in files]) if files else schema.empty_table()
+    """The files as one table: one row per key (the first in file order), sorted by key. A part that does not
+    read is moved aside (`_read_part`)."""
+    tables = [t for t in (_read_part(Path(f), schema) for f in files) if t is not None]
+    table = pa.concat_tables(tables) if tables else schema.empty_table()
     seen: set[tuple] = set()
     keep = []
     for i, k in enumerate(zip(*(table[c].to_pylist() for c in key), strict=True)):

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alignuser_sim.errors import UserError
 from alignuser_sim.store.files import FolderLock, read_json, write_json
 
 SCENARIO_FILE = "scenario.yaml"  # the resolved scenario, in every folder a command writes
@@ -61,9 +62,29 @@ class RunFolder(_Folder):
     def exists(self) -> bool:
         return self.meta_path.exists()
 
+    def check_new(self) -> None:
+        """Refuse to start a run here unless the folder is new or empty: a new run writes scenario.yaml, run.json,
+        events/ ... and would overwrite a user's files of those names (`--out` at the scenario's own folder)."""
+        path = self.path
+        if self.exists():
+            raise UserError(f"{path}: already holds a run; use --resume {path} or another --out")
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                raise UserError(f"{path}: exists and is not a folder; give --out a new or empty folder")
+            entries = sorted(p.name for p in path.iterdir())
+            if entries:
+                raise UserError(f"{path}: a folder that is not a run (it holds {len(entries)} entries, e.g. "
+                                f"'{entries[0]}'); give --out a new or empty folder")
+
     def meta(self) -> dict[str, Any]:
-        """run.json ({} without one)."""
-        return read_json(self.meta_path)
+        """run.json ({} without one); a damaged or hand-edited one is a UserError, not a traceback."""
+        try:
+            meta = read_json(self.meta_path)
+        except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            raise UserError(f"{self.meta_path}: damaged run.json ({' '.join(str(exc).split())[:120]})") from None
+        if not isinstance(meta, dict) or (meta and not isinstance(meta.get("run_id"), str)):
+            raise UserError(f"{self.meta_path}: damaged run.json (not an object with a run_id)")
+        return meta
 
     def write_meta(self, meta: dict[str, Any]) -> None:
         write_json(self.meta_path, meta, default=str)
@@ -72,16 +93,23 @@ class RunFolder(_Folder):
         self.write_meta({**self.meta(), **changes})
 
     def status(self) -> str:
-        """absent, running (started, not finished: resume it) or complete."""
+        """absent, running (started, not finished, or sessions left unfinished by an LLM outage: resume it) or
+        complete (ended: run.json's status says how, complete, degraded or failed)."""
         if not self.exists():
             return "absent"
-        return "complete" if self.meta().get("status") == "complete" else "running"
+        meta = self.meta()
+        ended = meta.get("status") in ("complete", "degraded", "failed") and not meta.get("unfinished")
+        return "complete" if ended else "running"
 
     def is_complete(self) -> bool:
         return self.status() == "complete" and self.events.exists()
 
     def shards(self) -> dict[int, list[str]]:
-        return {int(k): list(v) for k, v in self.meta().get("shards", {}).items()}
+        shards = self.meta().get("shards", {})
+        if not (isinstance(shards, dict) and all(isinstance(k, str) and k.isdigit() and isinstance(v, list)
+                                                 and all(isinstance(u, str) for u in v) for k, v in shards.items())):
+            raise UserError(f"{self.meta_path}: damaged run.json (shards: not shard numbers to lists of user ids)")
+        return {int(k): list(v) for k, v in shards.items()}
 
     def lock(self, wait_s: float = 120.0) -> FolderLock:
         """Keeps two drivers of one run from running at once (a killed driver's actors may outlive it)."""
@@ -107,6 +135,10 @@ class EvalFolder(_Folder):
     def exists(self) -> bool:
         return self.plan.exists()
 
+    def lock(self) -> FolderLock:
+        """One `eval` per folder: two would interleave their parts and summaries."""
+        return FolderLock(self.path, ".eval.lock", busy="another `alignuser-sim eval` is working in this folder")
+
 
 @dataclass(frozen=True)
 class CompareFolder(_Folder):
@@ -130,6 +162,11 @@ class CompareFolder(_Folder):
 
     def exists(self) -> bool:
         return self.plan.exists()
+
+    def lock(self) -> FolderLock:
+        """One `compare` per folder: two would drive the same runs and rewrite the same summaries."""
+        return FolderLock(self.path, ".compare.lock",
+                          busy="another `alignuser-sim compare` is working in this folder")
 
 
 @dataclass(frozen=True)
