@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,7 +27,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from alignuser_sim.errors import UserError
-from alignuser_sim.llm.accounting import Accounting
+from alignuser_sim.llm.accounting import Accounting, FailureLog
 from alignuser_sim.llm.metrics import PrefixCacheProbe
 from alignuser_sim.simulation.driver import Driver, PageRequest
 from alignuser_sim.simulation.events import Event
@@ -68,8 +69,11 @@ class Coordinator:
         self.cache_path = cache_path
         self.shard_options = shard_options or {}
         self.event_log = plan.event_log()
-        self.events_by_shard: dict[int, list[Event]] = {i: [] for i in plan.shards}
-        self.shard_of = {u: i for i, ids in plan.shards.items() for u in ids}
+        # what a restarted shard needs back: each agent's short history is its last `policy.history_size` watched
+        # items, so its last that many events with a watch are enough (not every event of the run: memory stays
+        # bounded per agent however long the run)
+        self.recent: dict[str, deque[Event]] = {}
+        self.keep_events = max(1, plan.scenario.policy.history_size)
         self.driver: Driver | None = None
         self.shards: dict[int, Any] = {}
         self.restarts = 0
@@ -106,8 +110,15 @@ class Coordinator:
 
     def _on_events(self, events: list[Event]) -> None:
         for event in events:
-            self.events_by_shard[self.shard_of[event.agent_id]].append(event)
+            if any(event.watched):
+                recent = self.recent.get(event.agent_id)
+                if recent is None:
+                    recent = self.recent[event.agent_id] = deque(maxlen=self.keep_events)
+                recent.append(event)
         self.calls_done += sum(not e.from_cache for e in events)
+
+    def _history_events(self, shard: int) -> list[Event]:
+        return [e for agent in self.plan.shards[shard] for e in self.recent.get(agent, ())]
 
     async def _decide(self, shard: int, requests: list[PageRequest]) -> list[Event]:
         return [event async for events in self._decide_stream(shard, requests) for event in events]
@@ -140,7 +151,7 @@ class Coordinator:
                     pid = await self.shards[shard].ping.remote()
                     if self.shard_pids.get(shard) != pid:
                         self._count_restart(shard)
-                        await self.shards[shard].restore.remote(self.events_by_shard[shard])
+                        await self.shards[shard].restore.remote(self._history_events(shard))
                         await self.shards[shard].set_endpoints.remote(self.endpoints)
                         self.shard_pids[shard] = pid
                     return
@@ -161,9 +172,22 @@ class Coordinator:
         log.warning("shard %d restarted (%d of at most %d)", shard, n, limit)
 
     async def _llm_snapshot(self) -> dict[str, Any]:
+        await self._collect_failures()
         snapshots = await asyncio.gather(*(h.llm_snapshot.remote() for h in self.shards.values()),
                                          return_exceptions=True)
         return Accounting.merge_snapshots(s for s in snapshots if isinstance(s, dict))
+
+    async def _collect_failures(self) -> None:
+        """The shards' failed-call lines appended to the run folder's llm_failures.jsonl on this (the head's)
+        node, at every LLM checkpoint and at the end."""
+        drained = await asyncio.gather(*(h.drain_failures.remote() for h in self.shards.values()),
+                                       return_exceptions=True)
+        lines = [line for d in drained if isinstance(d, tuple) for line in d[0]]
+        dropped = sum(d[1] for d in drained if isinstance(d, tuple))
+        if dropped:
+            log.warning("%d failed-call lines did not fit a shard's buffer and are not in %s", dropped,
+                        self.plan.folder.llm_failures.name)
+        await asyncio.to_thread(FailureLog(self.plan.folder.llm_failures).append, lines)
 
     async def run(self) -> dict[str, Any]:
         with self.plan.folder.lock():  # a killed driver's coordinator may still be finishing a batch
@@ -193,7 +217,7 @@ class Coordinator:
             rounds = self.driver.replay(existing)
             await recommender.replay.remote(rounds, scenario.pages.items_per_page)
             self._on_events(existing)
-            await asyncio.gather(*(self.shards[i].restore.remote(self.events_by_shard[i]) for i in self.shards))
+            await asyncio.gather(*(self.shards[i].restore.remote(self._history_events(i)) for i in self.shards))
         probe = await asyncio.to_thread(PrefixCacheProbe(list(self.endpoints)).start)
         checkpoints = asyncio.create_task(checkpoint_llm_every(plan, self._llm_snapshot))
         t0, started_at = time.perf_counter(), time.time()

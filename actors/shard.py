@@ -19,6 +19,7 @@ from alignuser_sim.config import LLMConfig
 from alignuser_sim.core import Catalogue
 from alignuser_sim.data.personas import Persona
 from alignuser_sim.llm import LLMClient
+from alignuser_sim.llm.accounting import FailureLog
 from alignuser_sim.simulation.driver import PageRequest, ShardCore
 from alignuser_sim.simulation.events import Event
 
@@ -43,6 +44,9 @@ class PersonaShard:
 
         self.llm = LLMClient.from_config(llm_config, endpoints=endpoints, cache_path=cache_path, run_dir=run_dir,
                                          rng_seed=seed + shard_id)
+        # failed calls are held here and drained by the coordinator into the head's run folder: this shard may
+        # run on another node, whose disk nobody reads
+        self.llm.failure_log = FailureLog(None, hold=True)
         self.core = ShardCore(shard_id, personas, Catalogue(items), self.llm, run_id, seed=seed, policy=policy,
                               max_chunk=max_chunk)
 
@@ -70,3 +74,7 @@ class PersonaShard:
 
     def llm_snapshot(self) -> dict[str, Any]:
         return self.core.llm_snapshot()
+
+    def drain_failures(self) -> tuple[list[str], int]:
+        """The failed calls' JSON lines held since the last drain, and how many did not fit."""
+        return self.llm.failure_log.drain()

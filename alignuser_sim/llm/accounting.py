@@ -212,14 +212,30 @@ class Accounting:
 
 
 class FailureLog:
-    """Appends each failed call to a JSONL file (None: keeps nothing). Thread-safe."""
+    """Appends each failed call to a JSONL file (None: keeps nothing). Thread-safe.
 
-    def __init__(self, path: Path | None):
+    `hold=True` keeps the lines in memory instead, for `drain()`: a Ray shard on another node would write the
+    file to that node's disk, where nobody looks; its coordinator drains the lines into the head's run folder.
+    At most HOLD_MAX lines are held between drains (the rest are counted in `dropped`, not kept)."""
+
+    HOLD_MAX = 10_000
+
+    def __init__(self, path: Path | None, hold: bool = False):
         self.path = path
+        self.hold = hold
+        self.held: list[str] = []
+        self.dropped = 0
         self._lock = threading.Lock()
 
+    def drain(self) -> tuple[list[str], int]:
+        """The held lines and how many were dropped since the last drain (both reset)."""
+        with self._lock:
+            lines, dropped = self.held, self.dropped
+            self.held, self.dropped = [], 0
+        return lines, dropped
+
     def write(self, result: CallResult[Any], messages: Sequence[Mapping[str, Any]], model: str) -> None:
-        if self.path is None:
+        if self.path is None and not self.hold:
             return
         first = messages[0].get("content", "") if messages else ""
         row = {
@@ -236,7 +252,20 @@ class FailureLog:
             "raw": result.raw,
         }
         line = json.dumps(row, ensure_ascii=False) + "\n"
+        if self.hold:
+            with self._lock:
+                if len(self.held) < self.HOLD_MAX:
+                    self.held.append(line)
+                else:
+                    self.dropped += 1
+            return
+        self.append([line])
+
+    def append(self, lines: Sequence[str]) -> None:
+        """Lines written elsewhere (`drain()`ed from a shard) appended to this log's file."""
+        if self.path is None or not lines:
+            return
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(line)
+                fh.writelines(lines)
