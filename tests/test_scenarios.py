@@ -29,7 +29,8 @@ def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
 
 def test_shipped_scenarios_are_the_named_ones():
     assert {p.stem for p in SHIPPED} == {"quickstart", "ml-100k", "ml-1m-agent4rec", "ml-1m-eval", "amazon-books",
-                                         "steam", "ml-1m-believability", "ml-100k-believability"}
+                                         "steam", "ml-1m-believability", "ml-100k-believability", "ml-100k-eval",
+                                         "amazon-books-eval", "steam-eval"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)

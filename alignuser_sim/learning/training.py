@@ -446,7 +446,7 @@ def merge_adapters(scenario: Scenario, on_note: Callable[[str], None] | None = N
     _require_training_libraries()
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     layout = LearningFolder(scenario.learning_dir())
     adapters = load_adapters(layout.path)
@@ -462,10 +462,14 @@ def merge_adapters(scenario: Scenario, on_note: Callable[[str], None] | None = N
             on_note(f"merging {name} into {adapters.base_model or 'the embedded model'} -> {target}")
         staging = target.with_name(target.name + ".new")
         shutil.rmtree(staging, ignore_errors=True)
+        # the base's own dtype, read before loading: loading at float32 rewrites the loaded config's dtype
+        config = AutoConfig.from_pretrained(base)
+        saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+        dtype = getattr(torch, str(saved).replace("torch.", ""), torch.float32) if saved else torch.float32
         model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # merge at full precision
         model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-        saved = getattr(model.config, "dtype", None) or getattr(model.config, "torch_dtype", None)
-        model.to(getattr(torch, str(saved).replace("torch.", ""), torch.float32) if saved else torch.float32)
+        model.to(dtype)
+        model.config.dtype = dtype
         model.save_pretrained(str(staging))  # in the base model's own dtype
         AutoTokenizer.from_pretrained(base).save_pretrained(str(staging))
         store.write_json(staging / "merged.json", {"adapter": stamp, "served_name": name})
