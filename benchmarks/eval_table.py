@@ -37,7 +37,9 @@ def tables(data: dict, policies: list[str] | None = None) -> str:
             m = by_ratio.get(r)
             cells += [interval(m["accuracy"]), f"{m['f1']['value']:.3f}"] if m else ["", ""]
         out.append(f"| {policy} | {kind} | " + " | ".join(cells) + " |")
-    out += ["", "| ratings | kind | items | RMSE | MAE | KL (rating distribution) |", "|---|---|---:|---:|---:|---:|"]
+    if data["ratings"]:  # none on a dataset without ratings (Steam)
+        out += ["", "| ratings | kind | items | RMSE | MAE | KL (rating distribution) |",
+                "|---|---|---:|---:|---:|---:|"]
     for r in data["ratings"]:
         if keep(r["policy"]):
             out.append(f"| {r['policy']} | {r['kind']} | {r['rated']} | {interval(r['rmse'])} | "
@@ -47,7 +49,8 @@ def tables(data: dict, policies: list[str] | None = None) -> str:
         if keep(d["policy"]):
             out.append(f"| {d['policy']} - {d['baseline']} ({d['against']}) | 1:{d['ratio']} | "
                        f"{signed(d['accuracy'])} | {signed(d['f1'])} |")
-    out += ["", "| paired difference (ratings) | RMSE | MAE |", "|---|---:|---:|"]
+    if data.get("rating_deltas"):
+        out += ["", "| paired difference (ratings) | RMSE | MAE |", "|---|---:|---:|"]
     for d in data.get("rating_deltas", []):
         if keep(d["policy"]):
             out.append(f"| {d['policy']} - {d['baseline']} ({d['against']}) | {signed(d['rmse'])} | "
