@@ -19,18 +19,13 @@ import pytest
 from alignuser_sim.config import scenario_from_dict
 from alignuser_sim.core import Catalogue
 from alignuser_sim.errors import UserError
-from alignuser_sim.evaluation.judge import (
-    JUDGE_FILE,
+from alignuser_sim.evaluation.judge import JUDGE_FILE, judge, judge_llm, judge_summary, plan_judging, summarize
+from alignuser_sim.evaluation.judge_prompts import (
     ConsistencyReply,
     LikenessReply,
-    judge,
-    judge_llm,
-    judge_summary,
-    plan_judging,
     render_decision,
     render_session,
     sessions_of,
-    summarize,
 )
 from alignuser_sim.llm.schemas import json_schema_for
 from alignuser_sim.simulation.runs import plan_run, run_local

@@ -31,7 +31,8 @@ def train_cmd(
 ) -> None:
     """Train the policy model: stage 1 world model (next-state prediction), stage 2 the human's decisions."""
     from alignuser_sim.config import load_scenario
-    from alignuser_sim.learning.training import merge_adapters, train
+    from alignuser_sim.learning.adapter_merge import merge_adapters
+    from alignuser_sim.learning.training import train
 
     scenario = load_scenario(scenario_file)
     if folder is not None:

@@ -1,32 +1,30 @@
 """The scenario: one YAML file that fully determines a run (with its seed).
 
-Every knob lives in the model tree of `models.py`; `loading.py` reads, validates and resolves a file.
+Every knob lives in the model tree of `models.py` (the `eval:`, `train:` and `judge:` sections in
+`measuring.py`, bounds on free-form values in `params.py`); `loading.py` reads, validates and resolves a file.
 Import from here: `from alignuser_sim.config import Scenario, load_scenario`.
 """
 
+from alignuser_sim.config.base import Strict
 from alignuser_sim.config.loading import absolute_paths, dump_scenario, load_scenario, scenario_from_dict
+from alignuser_sim.config.measuring import EvalConfig, JudgeConfig, TrainConfig
 from alignuser_sim.config.models import (
-    BUILTIN_RECOMMENDERS,
     DatasetConfig,
     DatasetName,
     DomainWords,
-    EvalConfig,
     LearningConfig,
     LLMConfig,
     PagesConfig,
     PolicyConfig,
     PopulationConfig,
     RecommenderConfig,
-    RecommenderName,
     RunConfig,
     SamplingConfig,
     Scenario,
     ServeConfig,
-    Strict,
     TableColumns,
-    TrainConfig,
-    recommender_name_problem,
 )
+from alignuser_sim.config.params import BUILTIN_RECOMMENDERS, RecommenderName, recommender_name_problem
 
 __all__ = [
     "BUILTIN_RECOMMENDERS",
@@ -34,6 +32,7 @@ __all__ = [
     "DatasetName",
     "DomainWords",
     "EvalConfig",
+    "JudgeConfig",
     "LLMConfig",
     "LearningConfig",
     "PagesConfig",

@@ -6,26 +6,20 @@ one line naming the key path.
 
 from __future__ import annotations
 
-import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from alignuser_sim.config.base import Seed, Strict
+from alignuser_sim.config.measuring import EvalConfig, JudgeConfig, TrainConfig
+from alignuser_sim.config.params import (
+    params_problem,
+    recommender_name_problem,
+)
 
 DatasetName = Literal["ml-100k", "ml-1m-agent4rec", "amazon-books", "steam", "generic"]
-RecommenderName = Literal["random", "pop", "itemknn", "mf", "lightgcn"]
-
-
-class Strict(BaseModel):
-    """Base of every scenario model: unknown keys rejected, values validated on assignment too, and no float
-    knob takes NaN or infinity (`.nan` passes no bound check, `.inf` is no timeout)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False)
-
-
-# a seed: what numpy, torch and Parquet all take (a negative one is rejected by numpy, deep in a run)
-Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]
 
 
 class TableColumns(Strict):
@@ -97,59 +91,6 @@ class PopulationConfig(Strict):
         if self.users is not None:
             return len(self.users)
         return self.size if self.size is not None else 10**9
-
-
-BUILTIN_RECOMMENDERS: tuple[str, ...] = RecommenderName.__args__
-PARAMS_MAX_VALUES = 10_000  # recommender.params: values in all, nested ones counted
-PARAMS_MAX_DEPTH = 16
-PARAMS_MAX_CHARS = 1_000_000  # of text, keys included
-
-
-def params_problem(params: Any) -> str | None:
-    """Why `params` is not a small JSON-like value (None: it is): text keys; text, finite numbers, booleans,
-    null, lists and mappings; at most PARAMS_MAX_VALUES values, PARAMS_MAX_DEPTH deep, PARAMS_MAX_CHARS of
-    text. A params tree is written back into every run's scenario.yaml, so shared references (YAML aliases)
-    would be expanded there: counting every visit bounds that too. The problem starts with its key path
-    (`layers.0: ...`)."""
-    stack: list[tuple[Any, tuple[str, ...]]] = [(params, ())]
-    count = chars = 0
-    while stack:
-        value, where = stack.pop()
-        at = ".".join(where)
-        count += 1
-        if count > PARAMS_MAX_VALUES:
-            return f"more than {PARAMS_MAX_VALUES:,} values"
-        if len(where) > PARAMS_MAX_DEPTH:
-            return f"{at}: nested deeper than {PARAMS_MAX_DEPTH} levels"
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not isinstance(key, str):
-                    return f"{at + ': ' if at else ''}key {key!r} is not text"
-                chars += len(key)
-                stack.append((item, (*where, key)))
-        elif isinstance(value, (list, tuple)):
-            stack.extend((item, (*where, str(i))) for i, item in enumerate(value))
-        elif isinstance(value, str):
-            chars += len(value)
-        elif isinstance(value, float) and not math.isfinite(value):
-            return f"{at}: must be a finite number"
-        elif not (value is None or isinstance(value, (str, int, float))):
-            return (f"{at}: a {type(value).__name__} is not allowed (text, numbers, true/false, null, lists and "
-                    "mappings only)")
-        if chars > PARAMS_MAX_CHARS:
-            return f"more than {PARAMS_MAX_CHARS:,} characters of text"
-    return None
-_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")  # a plug-in class: "package.module:Class"
-_PLUGIN_NAME = re.compile(r"^[A-Za-z][\w-]*$")  # a name an installed package registered (entry point)
-
-
-def recommender_name_problem(name: Any) -> str | None:
-    """Why `name` cannot name a recommender (None: it can). The form only: whether a plug-in imports and keeps
-    the contract is checked at plan time (`recommenders.plugins.check_recommender`), before any actor starts."""
-    if not isinstance(name, str) or not (_IMPORT_PATH.match(name) or _PLUGIN_NAME.match(name)):
-        return (f"'{name}' is not a recommender: one of {', '.join(BUILTIN_RECOMMENDERS)}, http, a plug-in class "
-                "'package.module:Class' or a name registered in the 'alignuser_sim.recommenders' entry points")
-    return None
 
 
 class RecommenderConfig(Strict):
@@ -344,68 +285,6 @@ class PolicyConfig(Strict):
                 (True, True): "alignuser"}[both]
 
 
-class EvalConfig(Strict):
-    """Micro evaluation (`alignuser-sim eval`): held-out pages of rated items mixed with never-rated ones."""
-
-    ratios: list[Annotated[int, Field(ge=1, le=9)]] = Field(default_factory=lambda: [1, 2, 3, 9])
-    users: Annotated[int, Field(gt=0)] | None = Field(default=None, description="None: the whole population")
-    positives_per_user: Annotated[int, Field(gt=0, le=50)] = 4
-    items_per_page: Annotated[int, Field(ge=2, le=50)] = 10
-    bootstrap: Annotated[int, Field(ge=0, le=100_000)] = 1000
-    recommenders: list[str] = Field(
-        default_factory=lambda: ["random", "pop", "itemknn", "mf", "lightgcn"],
-        description="`alignuser-sim compare`: the recommenders ranked: built-ins, plug-ins (import path or "
-                    "entry-point name; defaults params) and http (the scenario's own `recommender:` section)")
-
-    @field_validator("recommenders")
-    @classmethod
-    def _recommender_names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            problem = recommender_name_problem(name)
-            if problem:
-                raise ValueError(problem)
-        return value
-    k: Annotated[int, Field(gt=0, le=1000)] = 20
-    flush_s: Annotated[float, Field(gt=0, le=3600)] = Field(
-        default=1.0, description="How often finished decisions are written as a Parquet part")
-
-
-class TrainConfig(Strict):
-    """`alignuser-sim train`: AlignUSER's two stages as LoRA fine-tuning of the policy model (learning/training.py).
-
-    Defaults are sized for the embedded model on 2 CPU cores: about 1,200 examples of ~350 tokens at ~145
-    training tokens/s, about an hour for ML-1M. On a GPU raise the caps and the batch (docs/learning.md)."""
-
-    base_model: str | None = Field(default=None, description="Hugging Face model folder or hub name the adapter "
-                                   "is trained on and served beside; None: the embedded model")
-    world_model_examples: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
-        default=400, description="Stage 1 (next-state prediction) examples at most, drawn over the population")
-    policy_examples: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
-        default=400, description="Stage 2 (the human's decision on a training page) examples at most")
-    judgment_examples: Annotated[int, Field(ge=0, le=10_000_000)] = Field(
-        default=400, description="Stage 2 examples of the evaluation's questions on TRAINING items (pages at "
-        "eval.ratios and eval.items_per_page, the rating call) at most; 0: none (learning/training_data.py)")
-    heldout_users: Annotated[float, Field(ge=0, lt=1)] = Field(
-        default=0.1, description="Share of the population whose examples are kept out for the held-out loss")
-    heldout_examples: Annotated[int, Field(ge=0, le=100_000)] = Field(
-        default=32, description="Held-out examples per stage for the held-out loss (evaluated before and after)")
-    epochs: Annotated[float, Field(gt=0, le=100)] = 1.0
-    learning_rate: Annotated[float, Field(gt=0, le=1)] = 2e-4
-    batch_size: Annotated[int, Field(gt=0, le=4096)] = 4
-    gradient_accumulation: Annotated[int, Field(gt=0, le=4096)] = 1
-    max_length: Annotated[int, Field(gt=16, le=131_072)] = Field(default=1024, description="Tokens per example")
-    lora_r: Annotated[int, Field(gt=0, le=512)] = 16
-    lora_alpha: Annotated[int, Field(gt=0, le=1024)] = 32
-    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.05
-    checkpoint_steps: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
-        default=25, description="A resumable checkpoint every this many optimizer steps")
-    eval_steps: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
-        default=50, description="Held-out loss every this many steps (and at each stage's end)")
-    clusters: Annotated[int, Field(ge=1, le=64)] = Field(
-        default=1, description="Per-persona-cluster adapters: stage 2 once per cluster of personas (traits and "
-        "taste), all served by one vLLM (multi-LoRA)")
-
-
 class ServeConfig(Strict):
     """vLLM replicas started as Ray actors on the cluster's GPU nodes (`actors/llm_server.py`)."""
 
@@ -444,31 +323,6 @@ class RunConfig(Strict):
     max_failure_share: Annotated[float, Field(ge=0, le=1)] = Field(
         default=0.05, description="Share of failed pages (counted failures + unfinished sessions) above which the "
         "run ends `degraded`")
-
-
-class JudgeConfig(Strict):
-    """The human-likeness judge and thought-action consistency (`alignuser-sim judge`): which model judges."""
-
-    model: str | None = Field(default=None, description="Judge model's served name; None: the scenario's llm.model")
-    endpoints: list[str] = Field(
-        default_factory=list, description="OpenAI-compatible base URLs of the judge; empty: the scenario's "
-        "llm.endpoints, or the embedded server")
-    sessions: Annotated[int, Field(gt=0, le=1_000_000)] = Field(
-        default=50, description="Sessions judged per side (simulated, human), one per user")
-    seed: Seed | None = Field(default=None, description="Which users are judged; None: the scenario's seed")
-
-    @field_validator("endpoints", mode="before")
-    @classmethod
-    def _one_endpoint(cls, value: Any) -> Any:
-        return [value] if isinstance(value, str) else value
-
-    @field_validator("endpoints")
-    @classmethod
-    def _urls(cls, value: list[str]) -> list[str]:
-        for url in value:
-            if not re.match(r"^https?://", url):
-                raise ValueError(f"'{url}' is not an http(s) URL")
-        return value
 
 
 class Scenario(Strict):

@@ -29,25 +29,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
 
 from alignuser_sim import store
-from alignuser_sim.core import MOVIES, Catalogue, Domain, call_seed
+from alignuser_sim.core import Catalogue, Domain, call_seed
 from alignuser_sim.errors import UserError
+from alignuser_sim.evaluation.judge_prompts import (
+    ConsistencyReply,
+    LikenessReply,
+    Session,
+    consistency_system,
+    likeness_system,
+    render_decision,
+    render_session,
+    sessions_of,
+)
+from alignuser_sim.evaluation.judge_scores import DRAWS, sessions_judged, summarize
 from alignuser_sim.llm.prompts import build_messages
 from alignuser_sim.llm.schemas import json_schema_for, reply_budget
-from alignuser_sim.metrics.bootstrap import bootstrap_many
 from alignuser_sim.store import FolderLock, PartTable, RunFolder
 
 if TYPE_CHECKING:
@@ -57,10 +65,7 @@ if TYPE_CHECKING:
 JUDGE_DIR = "judge"  # in the run folder: judgements/ parts, plan.json, the judge's vllm.log and failures
 JUDGE_FILE = "judge.json"  # in the run folder: the summary `report` shows
 TABLE = "judgements"
-REASON_MAX = 200
-DRAWS = 1000
 PROMPT_VERSION = 1  # part of the folder's fingerprint: judgements under another prompt are not mixed in
-SIDES = ("simulated", "human")
 
 Kind = Literal["likeness", "consistency"]
 
@@ -78,140 +83,6 @@ JUDGEMENTS = pa.schema([
     pa.field("completion_tokens", pa.int32(), nullable=False),
 ])
 KEY = ("kind", "side", "user_id", "session", "page")
-
-
-# --- the replies ----------------------------------------------------------------------------------------
-
-
-class LikenessReply(BaseModel):
-    """How human the session looks, 1 (clearly a machine) to 5 (indistinguishable from a real user)."""
-
-    model_config = ConfigDict(extra="forbid")
-    score: Literal[1, 2, 3, 4, 5]
-    reason: str = Field(max_length=REASON_MAX)
-
-
-class ConsistencyReply(BaseModel):
-    """Whether the thought written before a decision supports the action taken."""
-
-    model_config = ConfigDict(extra="forbid")
-    consistent: bool
-    reason: str = Field(max_length=REASON_MAX)
-
-
-# --- sessions and their text ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Page:
-    items: list[str]
-    watched: list[bool]
-    ratings: list[float | None]  # None or NaN: watched without a rating
-    action: str  # next_page | exit
-    thought: str | None = None
-
-
-@dataclass
-class Session:
-    side: str
-    user_id: str
-    session: int
-    pages: list[Page] = field(default_factory=list)
-    failed: bool = False
-
-
-def sessions_of(rows: Iterable[Mapping[str, Any]], side: str, user_key: str, page_cap: int) -> dict[str, list[Session]]:
-    """user -> their sessions in session order (events or rollout rows as dicts), pages cut at `page_cap`."""
-    found: dict[tuple[str, int], Session] = {}
-    for row in sorted(rows, key=lambda r: (r[user_key], int(r["session"]), int(r["page"]))):
-        if int(row["page"]) >= page_cap:
-            continue
-        s = found.setdefault((row[user_key], int(row["session"])), Session(side, row[user_key], int(row["session"])))
-        if row.get("failure"):
-            s.failed = True
-            continue
-        thought = row.get("thought")
-        s.pages.append(Page(list(row["items"]), list(row["watched"]), list(row["ratings"]), row["action"],
-                            thought.strip() if isinstance(thought, str) and thought.strip() else None))
-    out: dict[str, list[Session]] = defaultdict(list)
-    for s in found.values():
-        if s.pages and not s.failed:
-            out[s.user_id].append(s)
-    return dict(out)
-
-
-def _rating(r: float | None) -> str:
-    if r is None or (isinstance(r, float) and math.isnan(r)):
-        return "no rating"
-    return f"rated {float(r):g}/5" if 1 <= float(r) <= 5 else f"rated {float(r):g}"
-
-
-def _item(catalogue: Catalogue, item_id: str) -> str:
-    view = catalogue.page([item_id])[0]
-    return f"{view.title} ({', '.join(view.genres)})" if view.genres else view.title
-
-
-def _shown(page: Page, catalogue: Catalogue) -> list[str]:
-    return [f"  {n}. {_item(catalogue, i)}" for n, i in enumerate(page.items, 1)]
-
-
-def _took(page: Page, catalogue: Catalogue, domain: Domain) -> str:
-    chosen = [f"{catalogue.page([i])[0].title} ({_rating(r)})"
-              for i, w, r in zip(page.items, page.watched, page.ratings, strict=True) if w]
-    return f"{domain.consumed}: " + ("; ".join(chosen) if chosen else "nothing")
-
-
-def _then(action: str) -> str:
-    return "then: left" if action == "exit" else "then: asked for the next page"
-
-
-def render_session(session: Session, catalogue: Catalogue, domain: Domain = MOVIES, page_cap: int | None = None,
-                   thoughts: bool = False) -> str:
-    """The session as the judge reads it: per page the items shown, what was taken and rated, the action
-    (and the thought, where there is one and `thoughts`). The same text for a human and a simulated session."""
-    lines = []
-    for n, page in enumerate(session.pages, 1):
-        lines.append(f"Page {n}, shown:")
-        lines += _shown(page, catalogue)
-        if thoughts and page.thought:
-            lines.append(f"thought: {page.thought}")
-        lines.append(_took(page, catalogue, domain))
-        lines.append(_then(page.action))
-    if session.pages[-1].action != "exit" and page_cap is not None and len(session.pages) >= page_cap:
-        lines.append(f"(the session ends here: the site shows at most {page_cap} pages)")
-    return "\n".join(lines)
-
-
-def render_decision(page: Page, catalogue: Catalogue, domain: Domain = MOVIES) -> str:
-    """One decision for the consistency check: the page, the thought, the action taken."""
-    lines = ["Page shown:", *_shown(page, catalogue), f"Thought written before deciding: {page.thought}",
-             "Action taken:", _took(page, catalogue, domain)]
-    skipped = [catalogue.page([i])[0].title for i, w in zip(page.items, page.watched, strict=True) if not w]
-    lines.append("skipped: " + ("; ".join(skipped) if skipped else "nothing"))
-    lines.append(_then(page.action))
-    return "\n".join(lines)
-
-
-def likeness_system(domain: Domain) -> str:
-    return (
-        f"You judge how human a browsing session on a {domain.item} recommendation site looks. The session "
-        f"is one {domain.user} going through pages of recommended {domain.items}: what each page showed, what "
-        f"they {domain.consumed} and how they rated it, and whether they went on or left. It comes either from a "
-        f"real {domain.user} or from a simulation; you are not told which. Consider whether the choices, the "
-        f"ratings and the moment of leaving look like what a real person does. "
-        f"Score the session from 1 (clearly not a real {domain.user}) to 5 (indistinguishable "
-        f"from a real {domain.user}), with one short sentence as the reason. Answer with JSON only: "
-        '{"score": 1-5, "reason": "..."}')
-
-
-def consistency_system(domain: Domain) -> str:
-    return (
-        f"You check one decision of a {domain.user} on a page of recommended {domain.items}: the thought they "
-        f"wrote before deciding and the action they took (the {domain.items} they {domain.consumed} and "
-        f"skipped, their ratings, and whether they went on to the next page or left). Say whether the thought "
-        f"supports the action: consistent is true when the action follows from the thought, false when it "
-        f"contradicts it. Give one short sentence as the reason. Answer with JSON only: "
-        '{"consistent": true or false, "reason": "..."}')
 
 
 # --- the plan: which sessions, which calls --------------------------------------------------------------------
@@ -448,74 +319,11 @@ def judge(run_dir: Path, *, sessions: int | None = None, thoughts: bool = False,
 
                 asyncio.run(work())
         rows = table.read().to_pylist()
-        result = summarize(plan.meta, rows, plan.has_thoughts, draws, _sessions_judged(plan.selected))
+        result = summarize(plan.meta, rows, plan.has_thoughts, draws, sessions_judged(plan.selected))
         judged = Counter(tuple(r[k] for k in KEY) for r in rows)
         result["missing"] = dict(Counter(f"{t.kind} {t.side}" for t in plan.tasks if t.key not in judged))
         store.write_json(Path(run_dir) / JUDGE_FILE, result, default=str)
     return result
-
-
-# --- the numbers ------------------------------------------------------------------------------------------------
-
-
-def _ratio(t: np.ndarray, num: int, den: int) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return t[:, num] / t[:, den]
-
-
-def _sessions_judged(selected: Iterable[Sequence[Any]]) -> set[tuple[str, str, int]]:
-    return {s for user, sim, hum in selected for s in (("simulated", user, int(sim)), ("human", user, int(hum)))}
-
-
-def summarize(meta: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], has_thoughts: bool, draws: int = DRAWS,
-              keep: set[tuple[str, str, int]] | None = None) -> dict[str, Any]:
-    """Means with 95% bootstrap intervals over users (one unit per user, the same draws for every statistic),
-    the paired difference over users judged on both sides, the consistency share. `keep`: the (side, user,
-    session) of the selected sessions (a smaller `--sessions` summarizes its own sessions only)."""
-    rows = [r for r in rows if keep is None or (r["side"], r["user_id"], int(r["session"])) in keep]
-    seed = int(meta.get("seed") or 0)
-    failed: Counter[str] = Counter()
-    # per user: sim score sum, sim count, human score sum, human count, consistent, consistency count
-    per_user: dict[str, list[float]] = defaultdict(lambda: [0.0] * 6)
-    histogram = {side: Counter() for side in SIDES}
-    for r in rows:
-        if r["failure"] is not None:
-            failed[f"{r['kind']} {r['side']}"] += 1
-            continue
-        u = per_user[r["user_id"]]
-        if r["kind"] == "likeness":
-            col = 0 if r["side"] == "simulated" else 2
-            u[col] += r["score"]
-            u[col + 1] += 1
-            histogram[r["side"]][int(r["score"])] += 1
-        else:
-            u[4] += bool(r["consistent"])
-            u[5] += 1
-    users = sorted(per_user)
-    table = np.asarray([per_user[u] for u in users], dtype=np.float64).reshape(len(users), 6)
-    means = bootstrap_many(table, {"simulated": lambda t: _ratio(t, 0, 1), "human": lambda t: _ratio(t, 2, 3),
-                                   "consistency": lambda t: _ratio(t, 4, 5)}, draws, seed)
-    paired = table[(table[:, 1] > 0) & (table[:, 3] > 0)]
-    difference = bootstrap_many(paired, {"d": lambda t: _ratio(t, 0, 1) - _ratio(t, 2, 3)}, draws, seed)["d"]
-    lowest = sorted((r for r in rows if r["kind"] == "likeness" and r["side"] == "simulated" and r["failure"] is None),
-                    key=lambda r: (r["score"], r["user_id"]))[:3]
-    likeness = {
-        "simulated": means["simulated"].as_dict(), "human": means["human"].as_dict(),
-        "difference": difference.as_dict(), "paired_users": len(paired),
-        "sessions": {side: int(sum(histogram[side].values())) for side in SIDES},
-        "histogram": {side: {str(s): histogram[side][s] for s in range(1, 6)} for side in SIDES},
-        "lowest": [{"user_id": r["user_id"], "score": r["score"], "reason": r["reason"]} for r in lowest],
-    }
-    decisions = int(table[:, 5].sum()) if len(table) else 0
-    if not has_thoughts:
-        why = ("the run's decision format (policy.reasoning: none) writes no thoughts"
-               if meta.get("reasoning", "none") == "none" else "no decision of the run carries a thought")
-        consistency: dict[str, Any] = {"skipped": f"{why}: thought-action consistency does not apply"}
-    else:
-        consistency = {"share": means["consistency"].as_dict(), "decisions": decisions,
-                       "consistent": int(table[:, 4].sum()) if len(table) else 0}
-    return {**meta, "likeness": likeness, "consistency": consistency, "failed": dict(failed), "draws": draws,
-            "level": 0.95}
 
 
 def judge_summary(run_dir: Path, draws: int = DRAWS) -> dict[str, Any]:
@@ -525,7 +333,7 @@ def judge_summary(run_dir: Path, draws: int = DRAWS) -> dict[str, Any]:
     plan = store.read_json(folder / "plan.json")
     if not plan:
         raise UserError(f"{run_dir}: not judged yet (no {JUDGE_DIR}/plan.json): alignuser-sim judge {run_dir}")
-    meta, keep = plan.get("meta", {}), _sessions_judged(plan.get("selected", []))
+    meta, keep = plan.get("meta", {}), sessions_judged(plan.get("selected", []))
     rows = open_table(folder).read().to_pylist()
     with contextlib.suppress(UserError):  # whether the run writes thoughts: from its events when still there
         events = read_events(Path(run_dir))

@@ -37,34 +37,16 @@ import numpy as np
 
 from alignuser_sim import store
 from alignuser_sim.agent.adapters import AdapterSet, check_base
-from alignuser_sim.agent.decision import decision_format
-from alignuser_sim.agent.memory import load_lesson_memories
-from alignuser_sim.agent.policy import PolicySetup, load_tastes
-from alignuser_sim.agent.rating import RATING_FORMATS
-from alignuser_sim.agent.world_hints import load_world_model_context
-from alignuser_sim.config import PolicyConfig, Scenario, TrainConfig
-from alignuser_sim.core import user_rng
-from alignuser_sim.data import load_dataset
-from alignuser_sim.data.domain import dataset_domain
-from alignuser_sim.data.holdout import split_dataset
-from alignuser_sim.data.taste_probes import build_cases
+from alignuser_sim.config import Scenario, TrainConfig
 from alignuser_sim.errors import UserError
-from alignuser_sim.learning.inputs import LearningInputs, heldout_items, prepare
-from alignuser_sim.learning.journal import Journal
+from alignuser_sim.learning.training_card import write_card
 from alignuser_sim.learning.training_data import (
-    POLICY,
-    WORLD_MODEL,
     SFTExample,
-    judgment_examples,
-    policy_examples,
-    world_model_examples,
 )
+from alignuser_sim.learning.training_set import TrainingSet, build_training_set, persona_clusters  # noqa: F401
 from alignuser_sim.store import LearningFolder
 
 PLAN_VERSION = 1
-PURPOSE_TRAIN_SPLIT = 401  # core.user_rng purposes: the held-out-loss users
-PURPOSE_TRAIN_SAMPLE = 402  # which examples fit the caps
-PURPOSE_TRAIN_CASES = 410  # added to the evaluation's purposes: training's judgment cases (data/taste_probes.py)
 OnProgress = Callable[[str, int, int, dict[str, Any]], None]  # (stage label, step, steps, fields)
 
 
@@ -87,122 +69,6 @@ class StageResult:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> StageResult:
         return cls(**data)
-
-
-# --- what is trained on --------------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainingSet:
-    world_model: list[SFTExample]
-    policy: list[SFTExample]
-    heldout_world_model: list[SFTExample]
-    heldout_policy: list[SFTExample]
-    clusters: dict[str, int]  # user -> cluster
-    dropped: int  # world-model examples that would have shown a held-out item
-
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        for group in (self.world_model, self.policy, self.heldout_world_model, self.heldout_policy):
-            for e in group:
-                h.update(json.dumps(e.prompt_completion(), sort_keys=True).encode())
-        h.update(json.dumps(self.clusters, sort_keys=True).encode())
-        return h.hexdigest()[:16]
-
-
-def _capped(examples: list[SFTExample], cap: int, seed: int) -> list[SFTExample]:
-    """At most `cap` examples, drawn evenly over the population (seeded), in a stable order."""
-    if len(examples) <= cap:
-        return examples
-    rng = np.random.default_rng([seed, PURPOSE_TRAIN_SAMPLE])
-    keep = sorted(int(i) for i in rng.choice(len(examples), size=cap, replace=False))
-    return [examples[i] for i in keep]
-
-
-def persona_clusters(inputs: LearningInputs, personas: dict[str, Any], n: int, seed: int) -> dict[str, int]:
-    """Users grouped by persona traits (activity, diversity, conformity) and taste (the genre shares of their
-    training interactions): k-means on standardized features. One cluster when n == 1."""
-    users = list(inputs.users)
-    if n <= 1 or len(users) <= n:
-        return dict.fromkeys(users, 0) if n <= 1 else {u: i % n for i, u in enumerate(users)}
-    from sklearn.cluster import KMeans
-
-    genres = sorted({g for v in inputs.views.values() for g in v.genres})
-    column = {g: i for i, g in enumerate(genres)}
-    rows = []
-    for uid in users:
-        p = personas[uid]
-        shares = np.zeros(len(genres))
-        for item, _rating, _liked in inputs.consumed.get(uid, []):
-            view = inputs.views.get(item)
-            for g in view.genres if view else ():
-                shares[column[g]] += 1
-        shares = shares / shares.sum() if shares.sum() else shares
-        rows.append([p.activity, p.diversity, p.conformity or 0, *shares])
-    x = np.array(rows, dtype=float)
-    x = (x - x.mean(axis=0)) / np.where(x.std(axis=0) > 0, x.std(axis=0), 1)
-    labels = KMeans(n_clusters=n, n_init=10, random_state=seed).fit_predict(x)
-    return {u: int(c) for u, c in zip(users, labels, strict=True)}
-
-
-def trained_policy(scenario: Scenario) -> PolicyConfig:
-    """The policy the adapter is trained for and served under: the scenario's when it is alignuser+ (its
-    ablation switches kept), else alignuser+ with the scenario's retrieval sizes and decision format. Its
-    prompts (lessons and world-model lines included) are the ones the examples are written in."""
-    if scenario.policy.kind == "alignuser+":
-        return scenario.policy
-    kept = scenario.policy.model_dump(include={"lessons_k", "world_model_k", "history_size", "reasoning"})
-    return PolicyConfig(kind="alignuser+", **kept)
-
-
-def build_training_set(scenario: Scenario, users_limit: int | None = None, clusters: int = 1) -> TrainingSet:
-    """The two stages' examples from the learning folder and the training split, split by user into training
-    and held-out-loss examples, capped by `train.*_examples`."""
-    cfg = scenario.train
-    folder = scenario.learning_dir()
-    inputs = prepare(scenario, users_limit)
-    journal = Journal(folder, write=False)
-    config = trained_policy(scenario)
-    setup = PolicySetup(config, tastes=load_tastes(folder, inputs.users), max_tokens=scenario.llm.sampling.max_tokens,
-                        domain=dataset_domain(scenario.dataset))
-    if config.use_lessons:
-        setup.lessons = load_lesson_memories(folder, inputs.users, embedder=scenario.learning.embedder)
-    if config.use_world_model:
-        setup.world_model = load_world_model_context(folder, inputs.users)
-    personas = {u: setup.persona(p) for u, p in inputs.personas.items()}
-    held = {u for u in inputs.users
-            if user_rng(scenario.seed, u, PURPOSE_TRAIN_SPLIT).random() < cfg.heldout_users}
-    if len(held) == len(inputs.users):  # a tiny population: keep one user for training
-        held.discard(inputs.users[0])
-    wm, dropped = world_model_examples(inputs, journal, personas, heldout_items(scenario, inputs.users),
-                                       domain=setup.domain)
-    policy = policy_examples(inputs, journal, personas, domain=setup.domain, setup=setup)
-    judgment = _judgment(scenario, inputs, setup) if cfg.judgment_examples else []
-    groups = persona_clusters(inputs, inputs.personas, clusters, scenario.seed)
-
-    def part(examples: list[SFTExample], cap: int, heldout: bool) -> list[SFTExample]:
-        chosen = [e for e in examples if (e.user_id in held) == heldout]
-        return _capped(chosen, cfg.heldout_examples if heldout else cap, scenario.seed)
-
-    return TrainingSet(part(wm, cfg.world_model_examples, False),
-                       part(policy, cfg.policy_examples, False) + part(judgment, cfg.judgment_examples, False),
-                       part(wm, 0, True), part(policy + judgment, 0, True), groups, dropped)
-
-
-def _judgment(scenario: Scenario, inputs: LearningInputs, setup: PolicySetup) -> list[SFTExample]:
-    """The evaluation's questions on training items (`training_data.judgment_examples`): cases drawn from the
-    training split like the evaluation draws its own from the held-out one, with the evaluation's negatives
-    of each user left out (an item the evaluation shows as "never touched" is not taught as skipped)."""
-    ds = load_dataset(scenario.dataset)
-    train, heldout = split_dataset(ds)
-    ev = scenario.eval
-    asked, _ = build_cases(ds, heldout, inputs.users, ev.positives_per_user, scenario.seed)
-    cases, _ = build_cases(ds, train.interactions, inputs.users, ev.positives_per_user, scenario.seed,
-                           salt=PURPOSE_TRAIN_CASES, exclude={c.user_id: set(c.negatives) for c in asked})
-    ratings = {u: {i: r for i, r, _liked in inputs.consumed.get(u, []) if r is not None} for u in inputs.users}
-    agents = {c.user_id: setup.agent(inputs.personas[c.user_id], seed=scenario.seed, history_size=0) for c in cases}
-    return judgment_examples(cases, agents, inputs.views, sorted(set(ev.ratios)), ev.items_per_page, scenario.seed,
-                             ratings, decision_format(setup.config.reasoning), RATING_FORMATS[setup.config.reasoning])
 
 
 # --- the training loop ---------------------------------------------------------------------------------------
@@ -434,110 +300,3 @@ def train(scenario: Scenario, *, users: int | None = None, clusters: int | None 
         staging.rename(layout.adapters)
         shutil.rmtree(old, ignore_errors=True)
     return TrainingResult(manifest, stages, layout.adapters / "card.md", seconds, data.dropped)
-
-
-def merge_adapters(scenario: Scenario, on_note: Callable[[str], None] | None = None) -> dict[str, Path]:
-    """Each trained adapter merged into its base model (peft's `merge_and_unload`), saved as a full model under
-    LEARNING_DIR/merged/<served name>/: for CPU serving, where vLLM's LoRA path runs ~10x slower than the base
-    model (docs/learning.md). Serve one with `alignuser-sim llm serve --model DIR --served-model-name NAME`.
-    An up-to-date merge (same adapter weights) is kept."""
-    from alignuser_sim.agent.adapters import load_adapters
-
-    _require_training_libraries()
-    import torch
-    from peft import PeftModel
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    layout = LearningFolder(scenario.learning_dir())
-    adapters = load_adapters(layout.path)
-    base = _base_path(adapters.base_model)
-    out: dict[str, Path] = {}
-    for name, path in adapters.paths().items():
-        target = layout.path / "merged" / name
-        stamp = hashlib.sha256((path / "adapter_model.safetensors").read_bytes()).hexdigest()
-        if (target / "merged.json").is_file() and store.read_json(target / "merged.json").get("adapter") == stamp:
-            out[name] = target
-            continue
-        if on_note:
-            on_note(f"merging {name} into {adapters.base_model or 'the embedded model'} -> {target}")
-        staging = target.with_name(target.name + ".new")
-        shutil.rmtree(staging, ignore_errors=True)
-        # the base's own dtype, read before loading: loading at float32 rewrites the loaded config's dtype
-        config = AutoConfig.from_pretrained(base)
-        saved = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-        dtype = getattr(torch, str(saved).replace("torch.", ""), torch.float32) if saved else torch.float32
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)  # merge at full precision
-        model = PeftModel.from_pretrained(model, str(path)).merge_and_unload()
-        model.to(dtype)
-        model.config.dtype = dtype
-        model.save_pretrained(str(staging))  # in the base model's own dtype
-        AutoTokenizer.from_pretrained(base).save_pretrained(str(staging))
-        store.write_json(staging / "merged.json", {"adapter": stamp, "served_name": name})
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
-        out[name] = target
-    return out
-
-
-def write_card(folder: Path, scenario: Scenario, adapters: AdapterSet, stages: list[StageResult], data: TrainingSet,
-               seconds: float, base: str) -> None:
-    """The training card: what was trained on, how it went, what it is (card.md, card.json, loss.png)."""
-    tokens = sum(s.tokens for s in stages)
-    train_seconds = sum(s.seconds for s in stages)
-    card = {
-        "scenario": scenario.name, "dataset": scenario.dataset.name, "reasoning": scenario.policy.reasoning,
-        "base_model": adapters.base_model or "embedded (SmolLM2-135M-Instruct)", "base_path": base,
-        "base_checksum": adapters.base_checksum, "adapters": adapters.adapters, "default": adapters.default,
-        "clusters": len(adapters.adapters), "examples": {WORLD_MODEL: len(data.world_model), POLICY: len(data.policy)},
-        "heldout_examples": {WORLD_MODEL: len(data.heldout_world_model), POLICY: len(data.heldout_policy)},
-        "dropped_for_heldout_items": data.dropped, "wall_s": round(seconds, 1), "train_s": round(train_seconds, 1),
-        "tokens": tokens, "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds else None,
-        "lora": {"r": scenario.train.lora_r, "alpha": scenario.train.lora_alpha},
-        "stages": [{k: v for k, v in s.to_json().items() if k != "log"} for s in stages],
-    }
-    store.write_json(folder / "card.json", card)
-    _plot_losses(stages, folder / "loss.png")
-    lines = [f"# Training card: {scenario.name}", "",
-             f"- base model: {card['base_model']} (sha256 {adapters.base_checksum[:16]}...)",
-             f"- examples: stage 1 (world model) {len(data.world_model):,}, stage 2 (policy) {len(data.policy):,}; "
-             f"held-out users' examples {len(data.heldout_world_model)} + {len(data.heldout_policy)}; "
-             f"{data.dropped} world-model examples dropped because they showed a held-out item",
-             f"- training time {train_seconds / 60:.1f} min over the stages (the last command took "
-             f"{seconds / 60:.1f} min; a stage whose settings did not change is kept from an earlier run), "
-             f"{tokens:,} training tokens, {card['tokens_per_s']} tokens/s",
-             f"- LoRA r={scenario.train.lora_r}, alpha={scenario.train.lora_alpha}",
-             f"- adapters: {', '.join(adapters.adapters)}", "",
-             "| stage | examples | steps | held-out loss before | after |", "|---|---:|---:|---:|---:|"]
-    for s in stages:
-        lines.append(f"| {s.label} | {s.examples:,} | {s.steps} | {_loss(s.heldout_loss_before)} | "
-                     f"{_loss(s.heldout_loss)} |")
-    lines += ["", "![loss curves](loss.png)", ""]
-    store.write_text(folder / "card.md", "\n".join(lines))
-
-
-def _loss(value: float | None) -> str:
-    return f"{value:.3f}" if value is not None else "-"
-
-
-def _plot_losses(stages: list[StageResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(4.5 * max(1, len(stages)), 3.2), squeeze=False)
-    for ax, s in zip(axes[0], stages, strict=False):
-        train = [(r["step"], r["loss"]) for r in s.log if "loss" in r]
-        held = [(r["step"], r["eval_loss"]) for r in s.log if "eval_loss" in r]
-        if s.heldout_loss_before is not None:  # before training: step 0
-            held = [(0, s.heldout_loss_before), *held]
-        if train:
-            ax.plot(*zip(*train, strict=True), lw=1, label="training loss")
-        if held:
-            ax.plot(*zip(*held, strict=True), "o-", label="held-out loss")
-        ax.set_title(s.label, fontsize=9)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
