@@ -91,6 +91,8 @@ def test_training_statistics_by_hand():
     assert s.predict("item-mean", "a", ["i1", "i2", "i3", "i9"]) == [4.0, 3.0, 13 / 4, 13 / 4]
     assert s.predict("user-mean", "b", ["i1", "i9"]) == [2.5, 2.5]
     assert s.predict("user-mean", "c", ["i3"]) == [13 / 4]  # no training rating: the global mean
+    # one session each (no timestamps, one split): a ran 2 pages, b 1; c none: the mean of the two
+    assert s.session_pages == {"a": 2.0, "b": 1.0} and s.pages("c") == pytest.approx(1.5)
     no_ratings = tiny_dataset()
     no_ratings.interactions = no_ratings.interactions.set_column(
         2, "rating", pa.nulls(no_ratings.interactions.num_rows, pa.float32()))

@@ -2,7 +2,8 @@
 
 `prompt-only` (the Agent4Rec-style baseline) gives the agent its persona and nothing learned;
 `alignuser` adds the persona's lesson memory (retrieved per page) and its world-model context, both read
-from the scenario's learning folder (`alignuser-sim learn`). The simulation, the micro evaluation and the
+from the scenario's learning folder (`alignuser-sim learn`); `popularity` is the no-LLM reference user
+(`agent/reference_policy.py`), built from the training split's statistics. The simulation, the micro evaluation and the
 comparison all build their agents through `PolicySetup`, so a switch in the scenario changes every one of
 them the same way (ablations: `policy.lessons` / `policy.world_model`).
 
@@ -31,11 +32,13 @@ from alignuser_sim.agent.persona_agent import (
     PersonaAgent,
     WorldModelContext,
 )
+from alignuser_sim.agent.reference_policy import PopularityAgent
 from alignuser_sim.agent.world_hints import load_world_model_context
 from alignuser_sim.config import PolicyConfig, Scenario
 from alignuser_sim.core import MOVIES, Domain
 from alignuser_sim.data.domain import dataset_domain
 from alignuser_sim.data.personas import Persona
+from alignuser_sim.data.training_stats import TrainingStats, training_stats
 from alignuser_sim.errors import UserError
 from alignuser_sim.store import LearningFolder
 
@@ -63,6 +66,7 @@ class PolicySetup:
     domain: Domain = MOVIES  # the words of the agents' prompts (the scenario's `dataset.domain`)
     models: dict[str, str] = field(default_factory=dict)  # user -> the adapter's served name (alignuser+)
     adapter_paths: dict[str, Path] = field(default_factory=dict)  # served name -> adapter folder (to serve)
+    reference: TrainingStats | None = None  # the popularity policy's knowledge (no LLM)
 
     @classmethod
     def prompt_only(cls) -> PolicySetup:
@@ -74,6 +78,11 @@ class PolicySetup:
         config = scenario.policy
         folder = scenario.learning_dir()
         setup = cls(config, max_tokens=scenario.llm.sampling.max_tokens, domain=dataset_domain(scenario.dataset))
+        if not config.uses_llm:
+            from alignuser_sim.data import load_dataset
+
+            setup.reference = training_stats(load_dataset(scenario.dataset), user_ids, scenario.pages, scenario.seed)
+            return setup
         needs_learning = config.use_lessons or config.use_world_model
         if needs_learning and not folder.is_dir():
             raise UserError(
@@ -114,6 +123,7 @@ class PolicySetup:
             domain=self.domain,
             models={u: m for u, m in self.models.items() if u in keep},
             adapter_paths=dict(self.adapter_paths),
+            reference=self.reference.for_users(user_ids) if self.reference is not None else None,
         )
 
     def persona(self, persona: Persona) -> Persona:
@@ -126,6 +136,8 @@ class PolicySetup:
         the policy's)."""
         uid = persona.user_id
         kwargs.setdefault("history_size", self.config.history_size)
+        if self.reference is not None:
+            return PopularityAgent(self.persona(persona), domain=self.domain, stats=self.reference, **kwargs)
         return PersonaAgent(
             self.persona(persona),
             lessons=self.lessons.get(uid, NoLessons()) if self.config.use_lessons else NoLessons(),

@@ -103,13 +103,25 @@ def simulate(scenario: Scenario | str | Path | None = None, *, out: Path | None 
         except NothingToResume as done:  # a finished run: report it, run and write nothing
             reporter.note(str(done))
             return SimulationResult(done.run_dir, done.run_id, done.summary)
+        runner = _runner_for(plan.scenario, runner, reporter)
     else:
         sc = _scenario(scenario)  # type: ignore[arg-type]
+        runner = _runner_for(sc, runner, reporter)
         plan = plan_run(sc, Path(out) if out is not None else None, runner.shard_count(sc.population.max_agents))
     reporter.note(f"run {plan.run_id}: {plan.agents:,} agents in {len(plan.shards)} shards; folder {plan.run_dir} "
                   f"(resume with `alignuser-sim run --resume {plan.run_dir}`)")
     summary = runner(plan, on_progress)
     return SimulationResult(plan.run_dir, plan.run_id, summary)
+
+
+def _runner_for(sc: Scenario, runner: Runner, reporter: Reporter) -> Runner:
+    """A policy without an LLM (the popularity reference) decides in microseconds: it runs in this process,
+    with no server to start and no cluster to reach, whatever runner was asked for."""
+    if sc.policy.uses_llm:
+        return runner
+    from alignuser_sim.llm.protocol import NoLLM
+
+    return LocalRunner(NoLLM(), reporter=reporter)  # type: ignore[arg-type]
 
 
 def learn(scenario: Scenario | str | Path, *, users: int | None = None, folder: Path | None = None,
@@ -124,6 +136,9 @@ def learn(scenario: Scenario | str | Path, *, users: int | None = None, folder: 
     from alignuser_sim.llm.endpoints import check_endpoints
 
     sc = _scenario(scenario)
+    if not sc.policy.uses_llm:
+        raise UserError("learn: policy popularity makes no LLM call, so there is nothing to learn; set policy.kind "
+                        "to prompt-only, alignuser or alignuser+")
     reporter = reporter or LogReporter()
     if folder is not None:
         sc.learning.folder = Path(folder)
@@ -250,6 +265,9 @@ def _simulate_all_on_endpoints(sc: Scenario, names: list[str], folder: Path, one
     from alignuser_sim.llm.endpoints import embedded_note
     from alignuser_sim.llm.launcher import embedded_endpoints
 
+    if not sc.policy.uses_llm:  # the popularity reference: no server at all
+        simulate_all(sc, names, folder, one_run, on_start=on_run)
+        return
     if not sc.llm.endpoints:
         reporter.note(embedded_note(folder / VLLM_LOG))
     if sc.policy.use_adapter:  # alignuser+: the one shared server loads the trained adapters

@@ -124,6 +124,9 @@ def compare_cmd(
         None, "--recommenders", "-r", help="Comma-separated algorithms (default: eval.recommenders)"),
     out_dir: Path | None = typer.Option(None, "--out", help="Compare folder (default: OUTPUT_DIR/NAME/compare)"),
     bootstrap: int | None = typer.Option(None, "--bootstrap", min=0, help="Bootstrap draws (default: eval.bootstrap)"),
+    policy: str | None = typer.Option(
+        None, "--policy", help="The simulated users' policy instead of the scenario's: prompt-only, alignuser, "
+        "alignuser+, ... or popularity (the no-LLM reference). Default folder: OUTPUT_DIR/NAME/compare-POLICY"),
     address: str | None = ADDRESS_OPT,
     num_cpus: int | None = NUM_CPUS_OPT,
 ) -> None:
@@ -134,6 +137,11 @@ def compare_cmd(
 
     scenario = load_scenario(scenario_file)
     folder = out_dir or scenario.run_dir() / "compare"
+    if policy is not None:
+        from alignuser_sim.evaluation.cases import policy_variant
+
+        scenario = policy_variant(scenario, policy, "--policy")
+        folder = out_dir or scenario.run_dir() / f"compare-{scenario.policy.label}"
     bar = run_bar()
 
     def announce(name: str, status: str) -> None:
@@ -154,7 +162,8 @@ def print_compare(summary: dict[str, Any]) -> None:
     from alignuser_sim.evaluation.report import ci
 
     k = summary["k"]
-    table = Table(title=f"recommenders on {summary['dataset']}: {summary['simulated_users']} simulated users",
+    policy = f" ({summary['policy']})" if summary.get("policy") else ""
+    table = Table(title=f"recommenders on {summary['dataset']}: {summary['simulated_users']} simulated users{policy}",
                   header_style="bold")
     for col in ("recommender", *OUTCOMES, f"ndcg@{k}", f"recall@{k}"):
         table.add_column(col, justify="left" if col == "recommender" else "right")

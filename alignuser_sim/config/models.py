@@ -244,9 +244,12 @@ class PolicyConfig(Strict):
 
     `prompt-only` is the Agent4Rec-style baseline (persona prompt only); `alignuser` adds the persona's
     retrieved lessons and world-model context. `lessons` / `world_model` override the kind's default.
+    `popularity` is a reference user with no LLM at all (`agent/reference_policy.py`): the page's most popular
+    items at the user's training watch rate, rated at their training mean, leaving after the user's training
+    session length; what `compare` and the believability checks read the LLM policies against.
     """
 
-    kind: Literal["prompt-only", "alignuser", "alignuser+"] = "prompt-only"
+    kind: Literal["prompt-only", "alignuser", "alignuser+", "popularity"] = "prompt-only"
     lessons: bool | None = None
     world_model: bool | None = None
     lessons_k: Annotated[int, Field(ge=0, le=20)] = 3
@@ -261,13 +264,24 @@ class PolicyConfig(Strict):
         default=None, description="Ask the trained LoRA adapter (`alignuser-sim train`) instead of the base model; "
         "None: on for kind alignuser+")
 
+    @model_validator(mode="after")
+    def _reference_has_no_switches(self) -> PolicyConfig:
+        if self.kind == "popularity" and any((self.lessons, self.world_model, self.adapter)):
+            raise ValueError("policy popularity makes no LLM call: lessons, world_model and adapter do not apply")
+        return self
+
+    @property
+    def uses_llm(self) -> bool:
+        """False for the reference policy: its runs start no LLM server and make no call."""
+        return self.kind != "popularity"
+
     @property
     def use_lessons(self) -> bool:
-        return self.kind != "prompt-only" if self.lessons is None else self.lessons
+        return self.kind in ("alignuser", "alignuser+") if self.lessons is None else self.lessons
 
     @property
     def use_world_model(self) -> bool:
-        return self.kind != "prompt-only" if self.world_model is None else self.world_model
+        return self.kind in ("alignuser", "alignuser+") if self.world_model is None else self.world_model
 
     @property
     def use_adapter(self) -> bool:
@@ -276,7 +290,9 @@ class PolicyConfig(Strict):
     @property
     def label(self) -> str:
         """prompt-only, +lessons, +world model, alignuser (both); with the adapter: adapter, adapter+lessons,
-        adapter+world model, alignuser+ (all three). For tables."""
+        adapter+world model, alignuser+ (all three); popularity. For tables."""
+        if not self.uses_llm:
+            return self.kind
         both = (self.use_lessons, self.use_world_model)
         if self.use_adapter:
             return {(False, False): "adapter", (True, False): "adapter+lessons",

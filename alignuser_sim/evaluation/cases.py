@@ -29,16 +29,17 @@ POLICY_NAMES = {
     "+world-model": {"kind": "alignuser", "lessons": False, "world_model": True},
     "alignuser+": {"kind": "alignuser+", "lessons": None, "world_model": None},
     "adapter": {"kind": "alignuser+", "lessons": False, "world_model": False},
+    "popularity": {"kind": "popularity", "lessons": None, "world_model": None},  # no LLM (compare --policy)
 }
 POLICY_ALIASES = {"lessons": "+lessons", "world-model": "+world-model", "+world model": "+world-model",
                   "prompt_only": "prompt-only", "alignuser-plus": "alignuser+", "adapter-only": "adapter"}
 
 
-def policy_variant(scenario: Scenario, name: str) -> Scenario:
+def policy_variant(scenario: Scenario, name: str, option: str = "--policies") -> Scenario:
     """The scenario with its policy replaced by the named one (retrieval sizes and decision format kept)."""
     key = POLICY_ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in POLICY_NAMES:
-        raise UserError(f"--policies: unknown policy '{name}' (choose from {', '.join(POLICY_NAMES)})")
+        raise UserError(f"{option}: unknown policy '{name}' (choose from {', '.join(POLICY_NAMES)})")
     variant = scenario.model_copy(deep=True)
     kept = scenario.policy.model_dump(include={"lessons_k", "world_model_k", "history_size", "reasoning"})
     variant.policy = PolicyConfig(**POLICY_NAMES[key], **kept)

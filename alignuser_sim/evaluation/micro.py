@@ -156,6 +156,9 @@ def plan_eval(scenario: Scenario, folder: Path, policies: Sequence[str] | None =
     variants = {}
     for name in names:
         variant = policy_variant(scenario, name) if policies else scenario
+        if not variant.policy.uses_llm:
+            raise UserError("--policies: popularity is already one of eval's reference policies (decided on every "
+                            "page without an LLM, in every table); name LLM policies only")
         variants.setdefault(variant.policy.label, variant)
     ds = load_dataset(scenario.dataset)
     _, heldout = split_dataset(ds)

@@ -253,10 +253,18 @@ def summarize_compare(folder: Path, draws: int | None = None) -> dict[str, Any]:
             taus.append({"offline": m, "outcome": o, **est.as_dict()})
     return {
         "folder": str(folder), "scenario": plan.get("scenario"), "dataset": plan.get("dataset"),
-        "recommenders": names, "k": k, "bootstrap": draws, "seed": seed, "level": 0.95,
+        "policy": _policy_label(plan), "recommenders": names, "k": k, "bootstrap": draws, "seed": seed, "level": 0.95,
         "simulated_users": len(users), "offline_users": int(len(next(iter(off.values())))),
         "rows": rows, "ranks": rank_table, "tau": taus,
     }
+
+
+def _policy_label(plan: dict[str, Any]) -> str | None:
+    """The simulated users' policy (its table label), from the setup the folder was claimed with."""
+    try:
+        return PolicyConfig(**plan["fingerprint"]["policy"]).label
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def write_compare(folder: Path, summary: dict[str, Any]) -> Path:

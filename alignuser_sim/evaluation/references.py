@@ -6,33 +6,19 @@ also holds these references, decided on exactly the users and pages (`UserCase.p
 policies saw, stored in the same decisions and ratings tables under their own policy labels (failure None,
 tokens 0), so `summary.py` and the report treat them as policies and pair them user by user.
 
-Everything a reference knows comes from the TRAINING split (`data/holdout.split_dataset`), as learning's:
-- the user's training watch rate: the share of the items shown on the user's training rollout pages
-  (`data/rollouts.build_rollouts`, the scenario's `pages` and seed) that the human watched; the mean over
-  the evaluated users for a user without pages. Rollout pages mix the human's items with distractors at
-  `pages.distractor_ratio`, so this rate mostly reflects that setting, not the user;
-- item popularity: the number of training interactions of each item;
-- ratings: the training split's ratings (global, per item, per user).
+Everything a reference knows comes from the TRAINING split (`data/training_stats.py`, shared with the
+simulation's `popularity` policy): the user's training watch rate, item popularity, rating means.
 
 Deterministic and cheap; written before the LLM calls (`write_references`), only what is not stored yet.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
 from alignuser_sim import store
-from alignuser_sim.config import PagesConfig
 from alignuser_sim.core import PURPOSE_EVAL_RANDOM_REFERENCE, user_rng
-from alignuser_sim.data import Dataset
-from alignuser_sim.data.holdout import split_dataset
-from alignuser_sim.data.rollouts import build_rollouts
+from alignuser_sim.data.training_stats import TrainingStats, round_half_up, training_stats
 from alignuser_sim.errors import UserError
 from alignuser_sim.evaluation.cases import UserCase
 from alignuser_sim.evaluation.micro import EvalPlan
@@ -58,7 +44,7 @@ def popularity(items: list[str], positive: list[bool], stats: TrainingStats, use
                seed: int) -> list[bool]:
     """The page's most popular items (training interactions), as many as the user's training rate implies:
     round(rate x page size), halves up."""
-    return stats.top(items, int(np.floor(stats.rate(user) * len(items) + 0.5)))
+    return stats.top(items, round_half_up(stats.rate(user) * len(items)))
 
 
 def popularity_oracle(items: list[str], positive: list[bool], stats: TrainingStats, user: str,
@@ -72,63 +58,6 @@ DECISION_REFERENCES = {"always-watch": always_watch, "random": random_watch, "po
                        "popularity-oracle": popularity_oracle}
 RATING_REFERENCES = ("global-mean", "item-mean", "user-mean")
 REFERENCES = (*DECISION_REFERENCES, *RATING_REFERENCES)
-
-
-@dataclass
-class TrainingStats:
-    """What the references know, all from the training split."""
-
-    watch_rate: dict[str, float]
-    mean_rate: float
-    popularity: dict[str, int]
-    global_mean: float | None  # None: the dataset has no ratings
-    item_mean: dict[str, float] = field(default_factory=dict)
-    user_mean: dict[str, float] = field(default_factory=dict)
-
-    def rate(self, user: str) -> float:
-        return self.watch_rate.get(user, self.mean_rate)
-
-    def top(self, items: list[str], n: int) -> list[bool]:
-        """The n most popular items of the page (ties: by item id), as watched flags in page order."""
-        ranked = sorted(range(len(items)), key=lambda i: (-self.popularity.get(items[i], 0), items[i]))
-        chosen = set(ranked[: max(0, n)])
-        return [i in chosen for i in range(len(items))]
-
-    def predict(self, name: str, user: str, items: list[str]) -> list[float]:
-        assert self.global_mean is not None
-        if name == "global-mean":
-            return [self.global_mean] * len(items)
-        if name == "item-mean":
-            return [self.item_mean.get(i, self.global_mean) for i in items]
-        return [self.user_mean.get(user, self.global_mean)] * len(items)
-
-
-def _means(inter: pa.Table, key: str) -> dict[str, float]:
-    """Mean rating per value of `key` (users or items) over the rated rows."""
-    table = inter.group_by(key).aggregate([("rating", "mean")])
-    return {k: float(v) for k, v in zip(table[key].to_pylist(), table["rating_mean"].to_pylist(), strict=True)
-            if v is not None}
-
-
-def training_stats(dataset: Dataset, users: list[str], pages: PagesConfig, seed: int) -> TrainingStats:
-    """Watch rates, popularity and rating means from the training split of `dataset`."""
-    train, _ = split_dataset(dataset)
-    inter = train.interactions
-    counts = inter.group_by("item_id").aggregate([("item_id", "count")])
-    popularity_of = dict(zip(counts["item_id"].to_pylist(), counts["item_id_count"].to_pylist(), strict=True))
-    rollouts = build_rollouts(train, users, pages, seed, dataset.interactions)
-    shown: Counter[str] = Counter()
-    watched: Counter[str] = Counter()
-    for user, flags in zip(rollouts["user_id"].to_pylist(), rollouts["watched"].to_pylist(), strict=True):
-        shown[user] += len(flags)
-        watched[user] += sum(flags)
-    rates = {u: watched[u] / shown[u] for u in shown if shown[u]}
-    mean_rate = float(np.mean(list(rates.values()))) if rates else 0.0
-    rated = inter.filter(pc.is_valid(inter["rating"]))
-    if not rated.num_rows:
-        return TrainingStats(rates, mean_rate, popularity_of, None)
-    return TrainingStats(rates, mean_rate, popularity_of, float(pc.mean(rated["rating"]).as_py()),
-                         _means(rated, "item_id"), _means(rated, "user_id"))
 
 
 def _call_fields() -> dict[str, Any]:

@@ -245,7 +245,8 @@ def ranking_section(ranking: dict[str, Any], images: list[Image]) -> Section:
     s = Section("Recommender ranking: simulated users vs offline metrics")
     k = ranking["k"]
     s.blocks.append(
-        f"Compare folder {ranking['folder']}: the same {ranking['simulated_users']} simulated users against each "
+        f"Compare folder {ranking['folder']}: the same {ranking['simulated_users']} simulated users "
+        f"(policy {ranking.get('policy') or 'n/a'}) against each "
         f"recommender; offline Recall@{k} / NDCG@{k} over {ranking['offline_users']} test users. watch_rate = "
         f"watched / shown; mean_rating of watched items; session_length = pages seen; satisfaction = share of "
         f"pages with a watched item rated 4 or 5. Means over users with 95% bootstrap intervals.")

@@ -90,3 +90,19 @@ class StructuredLLM(Protocol):
     ) -> CallResult[T]: ...
 
     def snapshot(self) -> dict[str, Any]: ...
+
+
+class NoLLM:
+    """The model of a policy that makes no call (the `popularity` reference): nothing to start, nothing to
+    count. A call reaching it is a bug in the caller; it fails as data, like any call, never silently."""
+
+    async def call(self, messages: Sequence[Mapping[str, Any]], output: type[T], *, seed: int | None = None,
+                   sampling: Mapping[str, Any] | None = None, schema: dict[str, Any] | None = None,
+                   model: str | None = None) -> CallResult[T]:
+        return CallResult(None, None, None, Usage(), 0.0, 0, False, "", failure="no_llm",
+                          error="this policy makes no LLM call")
+
+    def snapshot(self) -> dict[str, Any]:
+        from alignuser_sim.llm.accounting import Accounting
+
+        return Accounting().snapshot()
