@@ -2,10 +2,15 @@
 compare that start no server and make no call, and the commands that have no use for it refusing it."""
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import pyarrow.compute as pc
 import pytest
+import yaml
 
 import alignuser_sim as aus
 from alignuser_sim.agent.policy import PolicySetup
@@ -131,3 +136,27 @@ def test_commands_that_need_an_llm_refuse_it(tmp_path):
                      policies=["prompt-only", "popularity"], out=tmp_path / "eval2")
     with pytest.raises(UserError, match="nothing to learn"):
         aus.learn(sc)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "alignuser_sim.cli", *args], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+
+
+def test_cli_run_and_compare_with_policy_popularity(tmp_path):
+    """`run --policy` and `compare --policy` swap the scenario's LLM policy for the reference: no server, no Ray
+    cluster, the folders name the policy; a policy that does not exist is one line."""
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**scenario(kind="prompt-only").model_dump(mode="json", exclude_none=True),
+                                    "output_dir": str(tmp_path)}))
+    done = cli("run", str(path), "--policy", "popularity", "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert "vLLM" not in done.stderr and "Traceback" not in done.stderr
+    assert "popularity" in (tmp_path / "run" / "scenario.yaml").read_text()
+    done = cli("compare", str(path), "--policy", "popularity", "--bootstrap", "20")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((tmp_path / "ref" / "compare-popularity" / "compare.json").read_text())
+    assert summary["policy"] == "popularity" and "(popularity)" in done.stdout
+    bad = cli("run", str(path), "--policy", "popular")
+    assert bad.returncode == 2 and "--policy: unknown policy 'popular'" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -63,13 +63,22 @@ def run(
     scenario_file: Path | None = typer.Argument(None, help="Scenario YAML (omit with --resume)"),
     out_dir: Path | None = typer.Option(None, "--out", help="Run folder (default: OUTPUT_DIR/NAME/RUN_ID)"),
     resume: Path | None = typer.Option(None, "--resume", help="Complete an interrupted run from its folder"),
+    policy: str | None = typer.Option(
+        None, "--policy", help="The agents' policy instead of the scenario's: prompt-only, alignuser, alignuser+, "
+        "... or popularity (the no-LLM reference user)"),
     address: str | None = ADDRESS_OPT,
     num_cpus: int | None = NUM_CPUS_OPT,
 ) -> None:
     """Simulate the scenario's population against its recommender on Ray; writes a run folder."""
     if (scenario_file is None) == (resume is None):
         raise UserError("run: give a scenario file or --resume RUN_DIR (one of the two)")
+    if policy is not None and resume is not None:
+        raise UserError("run: --policy is for a new run; --resume continues with the run's own policy")
     scenario = load_scenario(scenario_file) if scenario_file is not None else None
+    if scenario is not None and policy is not None:
+        from alignuser_sim.evaluation.cases import policy_variant
+
+        scenario = policy_variant(scenario, policy, "--policy")
     if out_dir is not None:
         if resume is not None:
             raise UserError("run: --out is for a new run; --resume continues the run in its own folder")
