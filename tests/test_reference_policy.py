@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -160,3 +162,28 @@ def test_cli_run_and_compare_with_policy_popularity(tmp_path):
     bad = cli("run", str(path), "--policy", "popular")
     assert bad.returncode == 2 and "--policy: unknown policy 'popular'" in bad.stderr
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_an_llm_compare_runs_the_reference_beside_it(tmp_path):
+    """The LLM policy's compare also runs the popularity user (same recommenders, users and offline table); its
+    taus sit beside the policy's in compare.json and the report; `references=False` skips it."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_api import fake_llm
+
+    sc = scenario(kind="prompt-only")
+    sc.pages.count = 3
+    llm = fake_llm()
+    result = aus.compare(sc, llm=llm, out=tmp_path / "compare")
+    reference = result.summary["reference"]
+    assert reference["policy"] == "popularity" and result.summary["policy"] == "prompt-only"
+    assert [r["recommender"] for r in reference["rows"]] == ["random", "pop"]
+    assert {(t["offline"], t["outcome"]) for t in reference["tau"]} == \
+        {(t["offline"], t["outcome"]) for t in result.summary["tau"]}
+    ref = tmp_path / "compare" / "reference-popularity"
+    assert (ref / "offline.parquet").read_bytes() == (tmp_path / "compare" / "offline.parquet").read_bytes()
+    events = pq.read_table(ref / "pop" / "events.parquet")
+    assert pc.sum(events["prompt_tokens"]).as_py() == 0  # no LLM call
+    text = aus.report(tmp_path / "compare").markdown.read_text()
+    assert "tau, popularity reference" in text and "reference-popularity" in text
+    bare = aus.compare(sc, llm=fake_llm(), out=tmp_path / "bare", references=False)
+    assert "reference" not in bare.summary and not (tmp_path / "bare" / "reference-popularity").exists()

@@ -217,9 +217,11 @@ def evaluate(scenario: Scenario | str | Path, *, policies: Sequence[str] | None 
 def compare(scenario: Scenario | str | Path, *, recommenders: Sequence[str] | None = None,
             bootstrap: int | None = None, out: Path | None = None, llm: StructuredLLM | None = None,
             runner: Runner | None = None, reporter: Reporter | None = None, on_progress: OnProgress | None = None,
-            on_run: Callable[[str, str], None] | None = None) -> CompareResult:
+            on_run: Callable[[str, str], None] | None = None, references: bool = True) -> CompareResult:
     """Simulate the population against each recommender (`out`, default OUTPUT_DIR/NAME/compare); rank them by
-    simulated outcomes and by offline Recall/NDCG; Kendall tau. `on_run(name, status)` before each run."""
+    simulated outcomes and by offline Recall/NDCG; Kendall tau. `on_run(name, status)` before each run.
+    `references`: an LLM policy's compare also runs the no-LLM popularity user on the same recommenders
+    (`folder/reference-popularity`, seconds), so its taus are read against that user's."""
     from alignuser_sim.evaluation.offline import check_algorithms
     from alignuser_sim.evaluation.ranking import (
         offline_per_user,
@@ -241,6 +243,8 @@ def compare(scenario: Scenario | str | Path, *, recommenders: Sequence[str] | No
     write_plan(folder, sc, names)
     with reporter.status("offline Recall/NDCG") as status:
         offline_per_user(sc, names, folder, on_fit=lambda n: status.update(f"offline Recall/NDCG: fitting {n}"))
+    if references and sc.policy.uses_llm:
+        _reference_runs(sc, names, folder, reporter, on_progress, on_run)
     if any(run_status(folder / n) != "complete" for n in names):
         runner = runner or LocalRunner(llm, reporter=reporter)
 
@@ -256,6 +260,23 @@ def compare(scenario: Scenario | str | Path, *, recommenders: Sequence[str] | No
             _simulate_all_on_endpoints(sc, names, folder, one_run, reporter, on_run)
     summary = summarize_compare(folder)
     return CompareResult(folder, summary, write_compare(folder, summary))
+
+
+def _reference_runs(sc: Scenario, names: list[str], folder: Path, reporter: Reporter,
+                    on_progress: OnProgress | None, on_run: Callable[[str, str], None] | None) -> None:
+    """The popularity user's runs on the same recommenders, in this process (no LLM: `_runner_for`)."""
+    from alignuser_sim.evaluation.ranking import prepare_reference, reference_scenario, simulate_all
+
+    ref = prepare_reference(sc, names, folder)
+
+    def one_run(sub: Scenario | None, run_dir: Path) -> None:
+        if sub is None:
+            simulate(resume=run_dir, reporter=reporter, on_progress=on_progress)
+        else:
+            simulate(sub, out=run_dir, reporter=reporter, on_progress=on_progress)
+
+    announce = (lambda name, status: on_run(f"{name} (popularity reference user)", status)) if on_run else None
+    simulate_all(reference_scenario(sc), names, ref, one_run, on_start=announce)
 
 
 def _simulate_all_on_endpoints(sc: Scenario, names: list[str], folder: Path, one_run: Callable[..., None],

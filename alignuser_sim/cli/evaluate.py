@@ -127,6 +127,8 @@ def compare_cmd(
     policy: str | None = typer.Option(
         None, "--policy", help="The simulated users' policy instead of the scenario's: prompt-only, alignuser, "
         "alignuser+, ... or popularity (the no-LLM reference). Default folder: OUTPUT_DIR/NAME/compare-POLICY"),
+    no_references: bool = typer.Option(
+        False, "--no-references", help="Skip the no-LLM popularity user run beside an LLM policy's compare"),
     address: str | None = ADDRESS_OPT,
     num_cpus: int | None = NUM_CPUS_OPT,
 ) -> None:
@@ -152,7 +154,7 @@ def compare_cmd(
     with CompareFolder(folder).lock(), exit_on_interrupt(interrupted), bar:  # one compare per folder
         result = compare(scenario, recommenders=_names(recommenders) if recommenders else None, bootstrap=bootstrap,
                          out=folder, runner=ray_runner(address, num_cpus), reporter=reporter, on_progress=bar,
-                         on_run=announce)
+                         on_run=announce, references=not no_references)
     print_compare(result.summary)
     out.print(f"written: {result.path} (report: alignuser-sim report {folder})")
 
@@ -170,11 +172,17 @@ def print_compare(summary: dict[str, Any]) -> None:
     for r in summary["rows"]:
         table.add_row(r["recommender"], *(ci(r[o]) for o in OUTCOMES), ci(r[f"ndcg@{k}"], 4), ci(r[f"recall@{k}"], 4))
     out.print(table)
-    table = Table(title="Kendall tau-b: offline ranking vs simulated ranking (95% bootstrap)", header_style="bold")
-    for col in ("offline", "outcome", "tau"):
+    reference = summary.get("reference")
+    title = "Kendall tau-b: offline ranking vs simulated ranking (95% bootstrap)"
+    table = Table(title=title + (f"; beside it the no-LLM {reference['policy']} user's" if reference else ""),
+                  header_style="bold")
+    for col in ("offline", "outcome", f"tau, {summary.get('policy') or 'simulated'}",
+                *([f"tau, {reference['policy']} reference"] if reference else [])):
         table.add_column(col)
+    ref_tau = {(t["offline"], t["outcome"]): t for t in reference["tau"]} if reference else {}
     for t in summary["tau"]:
-        table.add_row(t["offline"], t["outcome"], ci(t, 2))
+        extra = [ci(ref_tau[(t["offline"], t["outcome"])], 2)] if reference else []
+        table.add_row(t["offline"], t["outcome"], ci(t, 2), *extra)
     out.print(table)
 
 

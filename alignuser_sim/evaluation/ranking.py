@@ -23,6 +23,7 @@ tau-b per (offline metric, outcome) pair with a bootstrap interval (`metrics/ran
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -251,12 +252,55 @@ def summarize_compare(folder: Path, draws: int | None = None) -> dict[str, Any]:
         for o in OUTCOMES:
             est = tau_estimate(sim[o], table, draws, seed)
             taus.append({"offline": m, "outcome": o, **est.as_dict()})
-    return {
+    summary: dict[str, Any] = {
         "folder": str(folder), "scenario": plan.get("scenario"), "dataset": plan.get("dataset"),
         "policy": _policy_label(plan), "recommenders": names, "k": k, "bootstrap": draws, "seed": seed, "level": 0.95,
         "simulated_users": len(users), "offline_users": int(len(next(iter(off.values())))),
         "rows": rows, "ranks": rank_table, "tau": taus,
     }
+    reference = reference_summary(folder, names)
+    if reference is not None:
+        summary["reference"] = reference
+    return summary
+
+
+# --- the no-LLM reference user ---------------------------------------------------------------------------
+
+
+REFERENCE_DIR = "reference-popularity"  # inside a compare folder: the same compare with the popularity user
+
+
+def reference_scenario(scenario: Scenario) -> Scenario:
+    """The compare's scenario with the no-LLM popularity user as its policy (`agent/reference_policy.py`)."""
+    copy = scenario.model_copy(deep=True)
+    copy.policy = PolicyConfig(kind="popularity", history_size=scenario.policy.history_size,
+                               reasoning=scenario.policy.reasoning)
+    return copy
+
+
+def prepare_reference(scenario: Scenario, names: Sequence[str], folder: Path) -> Path:
+    """Claim `folder/reference-popularity` for the popularity user on the same recommenders, sharing the
+    compare's offline table (the same split and K: no refit). Its runs need no LLM: seconds."""
+    ref = Path(folder) / REFERENCE_DIR
+    sc = reference_scenario(scenario)
+    write_plan(ref, sc, names)
+    if not CompareFolder(ref).offline.exists() and CompareFolder(folder).offline.exists():
+        with store.replacing(CompareFolder(ref).offline) as tmp:
+            shutil.copyfile(CompareFolder(folder).offline, tmp)
+    offline_per_user(sc, names, ref)  # only what the copied table lacks
+    return ref
+
+
+def reference_summary(folder: Path, names: Sequence[str]) -> dict[str, Any] | None:
+    """The popularity user's rows and taus on the same recommenders, when the compare ran it (else None)."""
+    ref = Path(folder) / REFERENCE_DIR
+    layout = CompareFolder(ref)
+    if not layout.exists() or not all(layout.run(n).is_complete() for n in names):
+        return None
+    inner = summarize_compare(ref)
+    if inner["recommenders"] != list(names):
+        return None
+    return {key: inner[key] for key in ("folder", "policy", "simulated_users", "rows", "ranks", "tau")}
 
 
 def _policy_label(plan: dict[str, Any]) -> str | None:

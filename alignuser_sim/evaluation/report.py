@@ -260,8 +260,22 @@ def ranking_section(ranking: dict[str, Any], images: list[Image]) -> Section:
                                           for key, values in ranking["ranks"].items()]))
     s.blocks.append("Kendall tau-b between each offline ranking and each simulated ranking (95% bootstrap interval, "
                     "simulated and offline users resampled independently):")
-    s.blocks.append(Table(["offline", "outcome", "tau"], [[t["offline"], t["outcome"], ci(t, 2)]
-                                                           for t in ranking["tau"]]))
+    reference = ranking.get("reference")
+    if reference is None:
+        s.blocks.append(Table(["offline", "outcome", "tau"], [[t["offline"], t["outcome"], ci(t, 2)]
+                                                               for t in ranking["tau"]]))
+    else:
+        ref_tau = {(t["offline"], t["outcome"]): t for t in reference["tau"]}
+        s.blocks.append(Table(
+            ["offline", "outcome", f"tau, {ranking.get('policy') or 'simulated'}", "tau, popularity reference"],
+            [[t["offline"], t["outcome"], ci(t, 2), ci(ref_tau[(t["offline"], t["outcome"])], 2)]
+             for t in ranking["tau"]]))
+        s.blocks.append(
+            f"The popularity reference is a simulated user with no LLM ({reference['folder']}): the page's most "
+            "popular items at its human's training watch rate, rated at their training mean. An LLM policy's "
+            "agreement counts only beyond what this user already gives. Its outcomes:")
+        s.blocks.append(Table(["recommender", *OUTCOMES], [[r["recommender"], *(ci(r[o]) for o in OUTCOMES)]
+                                                         for r in reference["rows"]]))
     s.blocks.extend(images)
     return s
 
