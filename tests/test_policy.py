@@ -76,7 +76,8 @@ def test_alignuser_without_learning_folder_is_one_clear_error(tmp_path):
 
 
 def test_policy_shorthand_and_bad_kind_in_one_line(tmp_path):
-    with pytest.raises(UserError, match=r"policy.kind: must be one of prompt-only, alignuser, alignuser\+ or popularity"):
+    with pytest.raises(UserError,
+                       match=r"policy.kind: must be one of prompt-only, alignuser, alignuser\+ or popularity"):
         scenario(tmp_path, "agent4rec")
     assert scenario(tmp_path, "alignuser").learning_dir() == tmp_path / "p" / "learning"
 
