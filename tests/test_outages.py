@@ -331,7 +331,7 @@ def test_a_shard_crashing_again_and_again_stops_after_its_restart_limit(ray_loca
     from actors.launch import RayRunner
     from alignuser_sim.api import simulate
 
-    stop, kills = threading.Event(), []
+    stop, kills, threads = threading.Event(), [], []
 
     def crash_shard_0(plan, coordinator):
         def killer():
@@ -346,7 +346,8 @@ def test_a_shard_crashing_again_and_again_stops_after_its_restart_limit(ray_loca
                     pass
                 time.sleep(0.1)
 
-        threading.Thread(target=killer, daemon=True).start()
+        threads.append(threading.Thread(target=killer, daemon=True))
+        threads[-1].start()
 
     # slow answers and long sessions: shard 0's agents cannot finish between two kills, even on a loaded machine
     # where a restart takes seconds (with 0.05 s answers the run sometimes finished first)
@@ -357,6 +358,8 @@ def test_a_shard_crashing_again_and_again_stops_after_its_restart_limit(ray_loca
                 simulate(sc, out=tmp_path / "run", runner=RayRunner(on_start=crash_shard_0))
         finally:
             stop.set()
+            for thread in threads:  # done before the cluster goes down (a call caught in its shutdown raises)
+                thread.join(timeout=20)
     message = str(exc.value)
     assert "\n" not in message and len(kills) >= 3
     assert message.startswith("shard 0 crashed 3 times (run.max_shard_restarts: 2): the run stopped")
