@@ -272,10 +272,9 @@ REFERENCE_DIR = "reference-popularity"  # inside a compare folder: the same comp
 
 def reference_scenario(scenario: Scenario) -> Scenario:
     """The compare's scenario with the no-LLM popularity user as its policy (`agent/reference_policy.py`)."""
-    copy = scenario.model_copy(deep=True)
-    copy.policy = PolicyConfig(kind="popularity", history_size=scenario.policy.history_size,
-                               reasoning=scenario.policy.reasoning)
-    return copy
+    from alignuser_sim.evaluation.cases import policy_variant
+
+    return policy_variant(scenario, "popularity")
 
 
 def prepare_reference(scenario: Scenario, names: Sequence[str], folder: Path) -> Path:
