@@ -90,3 +90,38 @@ def test_format_against_the_real_server(vllm_server, pages, name):
                 assert len(decision.thought) <= decision_format("brief").thought_max
     if name == "none":
         assert out <= NONE_TOKENS_MAX, f"none: {out:.1f} output tokens per 4-item page (target <= 30)"
+
+
+@pytest.mark.parametrize("name", ["none", "brief"])
+def test_rate_watched_against_the_real_server(vllm_server, pages, name):
+    """`policy.rate_watched`: the rating call the agent adds for watches its page decision left unrated, asked
+    of the real model in each compact format: every unrated watch comes back rated 1-5, the rated one is kept."""
+    from alignuser_sim.agent.decision import Decision
+    from alignuser_sim.agent.rating import RATING_FORMATS
+
+    todo = pages[:6]
+    client = LLMClient([vllm_server.base_url], model="smollm2", sampling={"temperature": 0.7, "top_p": 1.0},
+                       concurrency=8, timeout_s=600, max_retries=2, validation_retries=1, cache="off")
+
+    async def go():
+        try:
+            out = []
+            for k, (persona, page) in enumerate(todo):
+                agent = PersonaAgent(persona, decision_format=decision_format(name), seed=k,
+                                     rating_format=RATING_FORMATS[name])
+                # an adapter's typical reply: three watches, only the first rated
+                decision = Decision(ratings={page[0].item_id: 4, page[1].item_id: None, page[2].item_id: None},
+                                    feelings={}, thought=None, action="next_page")
+                await agent.rate_unrated(client, decision, page, seed=k)
+                out.append((decision, page))
+            return out
+        finally:
+            await client.aclose()
+
+    decided = asyncio.run(go())
+    client.close()
+    for decision, page in decided:
+        assert decision.failure is None
+        assert decision.ratings[page[0].item_id] == 4 and set(decision.ratings) == {v.item_id for v in page[:3]}
+        assert all(r in (1, 2, 3, 4, 5) for r in decision.ratings.values()), decision.ratings
+        assert decision.prompt_tokens > 50 and decision.completion_tokens > 3

@@ -119,3 +119,80 @@ def test_reasoning_defaults_to_full_and_travels_with_policy_variants(tmp_path):
     assert (variant.policy.kind, variant.policy.reasoning, variant.policy.history_size) == ("alignuser", "none", 2)
     with pytest.raises(UserError, match=r"policy.reasoning: must be one of none, brief or full"):
         scenario(tmp_path, {"reasoning": "short"})
+
+
+# --- policy.rate_watched: the simulation's agent rates what a page decision left unrated ----------------------
+
+def _rating_agent(tmp_path, rate_watched, reasoning="none", **kwargs):
+    config = scenario(tmp_path, {"kind": "prompt-only", "reasoning": reasoning, "rate_watched": rate_watched}).policy
+    return PolicySetup(config).agent(persona(), seed=7, **kwargs)
+
+
+def _responder(page_reply, rating_reply):
+    """The page call gets `page_reply`, the rating call (its schema has `ratings`) `rating_reply`."""
+    return lambda req: rating_reply if "ratings" in req.schema["properties"] else page_reply
+
+
+def test_rate_watched_asks_one_rating_call_for_the_unrated_watches_only(tmp_path):
+    import asyncio
+
+    from alignuser_sim.testing.fake_llm import ScriptedLLM
+
+    llm = ScriptedLLM(_responder({"watched": {"1": None, "2": 4}, "exit": False}, {"ratings": {"1": 2}}))
+    decision = asyncio.run(_rating_agent(tmp_path, True).decide(llm, 0, 0, PAGE))
+    assert decision.ratings == {"1": 2, "2": 4} and decision.failure is None
+    assert len(llm.requests) == 2
+    rating_call = llm.requests[1]
+    assert list(rating_call.schema["properties"]["ratings"]["required"]) == ["1"]  # Toy Story alone, by number
+    assert "Toy Story" in rating_call.prompt and "Heat" not in rating_call.prompt
+    assert decision.prompt_tokens == sum(len(r.prompt) // 4 for r in llm.requests)  # both calls counted
+    # the history later prompts show holds the filled-in rating
+    assert "Toy Story (you rated 2)" in "\n".join(
+        m["content"] for m in _history_prompt(tmp_path, decision))
+
+
+def _history_prompt(tmp_path, decision):
+    agent = _rating_agent(tmp_path, False)
+    agent.observe(decision, PAGE)
+    return agent.messages(1, PAGE)
+
+
+def test_rate_watched_off_or_nothing_unrated_makes_no_second_call(tmp_path):
+    import asyncio
+
+    from alignuser_sim.testing.fake_llm import ScriptedLLM
+
+    llm = ScriptedLLM(_responder({"watched": {"1": None}, "exit": False}, {"ratings": {"1": 5}}))
+    assert asyncio.run(_rating_agent(tmp_path, False).decide(llm, 0, 0, PAGE)).ratings == {"1": None}
+    assert len(llm.requests) == 1
+    llm = ScriptedLLM(_responder({"watched": {"2": 3}, "exit": True}, {"ratings": {"1": 5}}))
+    assert asyncio.run(_rating_agent(tmp_path, True).decide(llm, 0, 0, PAGE)).ratings == {"2": 3}
+    assert len(llm.requests) == 1
+    # the evaluation asks its ratings in a call of its own: its agents never add this one
+    llm = ScriptedLLM(_responder({"watched": {"1": None}, "exit": False}, {"ratings": {"1": 5}}))
+    agent = _rating_agent(tmp_path, True, rating_format=None)
+    assert asyncio.run(agent.decide(llm, 0, 0, PAGE)).ratings == {"1": None} and len(llm.requests) == 1
+
+
+def test_rate_watched_failures_keep_the_decision_or_retry_the_page(tmp_path):
+    import asyncio
+
+    from alignuser_sim.llm.protocol import is_transient
+    from alignuser_sim.testing.fake_llm import ScriptedLLM, timeout
+
+    page = '{"watched": {"1": null}, "exit": false}'
+    # a rating reply that never validates: the watch stays unrated, the decision stands (the client counts it)
+    llm = ScriptedLLM(script=[page, "not json"], validation_retries=0)
+    decision = asyncio.run(_rating_agent(tmp_path, True).decide(llm, 0, 0, PAGE))
+    assert decision.failure is None and decision.ratings == {"1": None}
+    assert llm.snapshot()["failed"] == 1
+    # the server gone during the rating call: the whole decision is transient, nothing is remembered
+    llm = ScriptedLLM(script=[page, timeout()], max_retries=0)
+    agent = _rating_agent(tmp_path, True)
+    decision = asyncio.run(agent.decide(llm, 0, 0, PAGE))
+    assert is_transient(decision.failure) and not agent.history
+
+
+def test_rate_watched_does_not_apply_to_the_popularity_user(tmp_path):
+    with pytest.raises(UserError, match="rate_watched"):
+        scenario(tmp_path, {"kind": "popularity", "rate_watched": True})

@@ -5,6 +5,10 @@ the system instructions (the same for every agent of a run), the persona (the sa
 agent), then the lessons retrieved from the persona's lesson memory, the world-model hints and a short
 recent history, and last the page itself. What the reply may hold, how the page is listed and how a reply
 maps back to item ids is the agent's decision format (`agent/decision.py`, the scenario's `policy.reasoning`).
+With `policy.rate_watched` the agent asks a second call after a page where it watched items without rating
+them: the evaluation's rating call (`agent/rating.py`) for just those items. An adapter trained on a split that
+rates few of its interactions (Agent4Rec's ML-1M rates 15%) learns to watch without rating, and a simulation
+whose watches carry no ratings cannot measure satisfaction.
 Each call's `max_tokens` is the worst case of the reply's schema narrowed to the page
 (`llm.schemas.reply_budget`): no reply the schema admits is cut, whatever the page, and a small format asks
 for a small budget.
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from alignuser_sim.agent.decision import FULL, Decision, DecisionFormat
+from alignuser_sim.agent.rating import RatingFormat, rating_messages
 from alignuser_sim.config import PolicyConfig, SamplingConfig
 from alignuser_sim.core import MOVIES, Domain, ItemView, call_seed
 from alignuser_sim.data.personas import Persona
@@ -81,6 +86,7 @@ class PersonaAgent:
     history: deque = field(default_factory=deque)
     domain: Domain = MOVIES  # the words of its prompts (the scenario's `dataset.domain`)
     model: str | None = None  # the served name this agent asks (its trained adapter); None: the client's model
+    rating_format: RatingFormat | None = None  # `policy.rate_watched`: rate what a page decision left unrated
 
     def __post_init__(self) -> None:
         self.history = deque(self.history, maxlen=self.history_size)
@@ -127,9 +133,36 @@ class PersonaAgent:
         is transient: the server down, busy or slow) is no decision: nothing is remembered, and the driver asks
         again on the same page later (`simulation/driver.py`), with the same seed."""
         decision = await self.ask(llm, page_no, page, seed=self.call_seed(session, page_no))
+        if self.rating_format is not None and decision.failure is None:
+            await self.rate_unrated(llm, decision, page, seed=call_seed(self.seed, self.agent_id, session, page_no,
+                                                                         "rate"))
         if not is_transient(decision.failure):
             self.observe(decision, page)
         return decision
+
+    async def rate_unrated(self, llm: StructuredLLM, decision: Decision, page: list[ItemView], *, seed: int) -> None:
+        """Fill in the ratings of the watched items the decision left unrated with one rating call. A reply that
+        does not validate leaves them unrated (the client logs and counts it); a call that failed in transport
+        makes the whole decision transient, so the driver asks the page again (the decision itself then comes
+        from the completion cache)."""
+        unrated = [v for v in page if v.item_id in decision.ratings and decision.ratings[v.item_id] is None]
+        if not unrated:
+            return
+        fmt = self.rating_format
+        ids = [v.item_id for v in unrated]
+        schema = fmt.schema(ids)
+        budget = {"max_tokens": reply_budget(schema, fallback=self.max_tokens)}
+        result = await llm.call(rating_messages(self, unrated, fmt), fmt.reply, seed=seed, schema=schema,
+                                sampling=budget, model=self.model)
+        decision.prompt_tokens += result.usage.prompt_tokens
+        decision.completion_tokens += result.usage.completion_tokens
+        decision.latency_s += result.latency_s
+        if result.value is None:
+            if is_transient(result.failure):
+                decision.failure = result.failure
+            return
+        ratings, _ = fmt.to_ratings(result.value, ids)
+        decision.ratings.update(ratings)
 
     async def ask(self, llm: StructuredLLM, page_no: int, page: list[ItemView], *, seed: int,
                   temperature: float | None = None) -> Decision:

@@ -32,6 +32,7 @@ from alignuser_sim.agent.persona_agent import (
     PersonaAgent,
     WorldModelContext,
 )
+from alignuser_sim.agent.rating import RATING_FORMATS
 from alignuser_sim.agent.reference_policy import PopularityAgent
 from alignuser_sim.agent.world_hints import load_world_model_context
 from alignuser_sim.config import PolicyConfig, Scenario
@@ -133,9 +134,12 @@ class PolicySetup:
 
     def agent(self, persona: Persona, **kwargs: Any) -> PersonaAgent:
         """The persona's agent under this policy (`kwargs` go to PersonaAgent: seed, or a history_size other than
-        the policy's)."""
+        the policy's; `rating_format=None` where the ratings are asked separately, as the evaluation does)."""
         uid = persona.user_id
         kwargs.setdefault("history_size", self.config.history_size)
+        if self.reference is None:
+            rater = RATING_FORMATS[self.config.reasoning] if self.config.rate_watched else None
+            kwargs.setdefault("rating_format", rater)
         if self.reference is not None:
             return PopularityAgent(self.persona(persona), domain=self.domain, stats=self.reference, **kwargs)
         return PersonaAgent(

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from alignuser_sim.agent.decision import BRIEF_THOUGHT_MAX, Rating, id_lines, numbered_lines, positions
-from alignuser_sim.agent.persona_agent import PersonaAgent
 from alignuser_sim.core import ItemView
 from alignuser_sim.llm.prompts import build_messages
 from alignuser_sim.llm.schemas import json_schema_for
+
+if TYPE_CHECKING:  # the agent asks this call itself (`policy.rate_watched`): no import at run time
+    from alignuser_sim.agent.persona_agent import PersonaAgent
 
 _RATE = (
     "You simulate one real user of a recommender system. You watched each item listed below. Rate each one "

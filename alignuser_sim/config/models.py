@@ -263,11 +263,15 @@ class PolicyConfig(Strict):
     adapter: bool | None = Field(
         default=None, description="Ask the trained LoRA adapter (`alignuser-sim train`) instead of the base model; "
         "None: on for kind alignuser+")
+    rate_watched: bool = Field(
+        default=False, description="In a simulation, rate the items a page decision watched without a rating, with "
+        "one more call (the evaluation's rating call); for an adapter trained on a split that rates few watches")
 
     @model_validator(mode="after")
     def _reference_has_no_switches(self) -> PolicyConfig:
-        if self.kind == "popularity" and any((self.lessons, self.world_model, self.adapter)):
-            raise ValueError("policy popularity makes no LLM call: lessons, world_model and adapter do not apply")
+        if self.kind == "popularity" and any((self.lessons, self.world_model, self.adapter, self.rate_watched)):
+            raise ValueError("policy popularity makes no LLM call: lessons, world_model, adapter and rate_watched "
+                             "do not apply")
         return self
 
     @property

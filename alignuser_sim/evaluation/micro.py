@@ -237,7 +237,7 @@ async def run_eval(plan: EvalPlan, llm: StructuredLLM, tasks: list[Task], stores
     for label, setup in plan.policies.items():
         for case in plan.cases:
             agents[(label, case.user_id)] = setup.agent(plan.personas[case.user_id], seed=plan.scenario.seed,
-                                                        history_size=0)
+                                                        history_size=0, rating_format=None)  # rated below
 
     async def page(task: Task) -> None:
         agent = agents[(task.policy, task.user_id)]

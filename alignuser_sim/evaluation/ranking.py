@@ -87,6 +87,8 @@ def fingerprint(scenario: Scenario) -> dict[str, Any]:
         del dump["policy"]["history_size"]  # a knob newer than the first folders: at its default it matches them
     if dump["policy"]["reasoning"] == PolicyConfig().reasoning:
         del dump["policy"]["reasoning"]  # likewise
+    if not dump["policy"].get("rate_watched", False):
+        dump["policy"].pop("rate_watched", None)  # likewise
     if dump["pages"].get("show_item_stats", True):
         dump["pages"].pop("show_item_stats", None)  # likewise
     if dump["dataset"].get("domain") is None:
