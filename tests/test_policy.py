@@ -196,3 +196,35 @@ def test_rate_watched_failures_keep_the_decision_or_retry_the_page(tmp_path):
 def test_rate_watched_does_not_apply_to_the_popularity_user(tmp_path):
     with pytest.raises(UserError, match="rate_watched"):
         scenario(tmp_path, {"kind": "popularity", "rate_watched": True})
+
+
+def test_a_run_with_rate_watched_rates_every_watch_and_counts_the_calls(tmp_path):
+    """Through the simulation's own path (plan, driver, shards, events): a policy that watches without rating
+    gets its watches rated by the second call, and the run's accounting holds both calls."""
+    import alignuser_sim as aus
+    from alignuser_sim.testing.fake_llm import ScriptedLLM
+
+    def respond(req):
+        props = req.schema["properties"]
+        if "ratings" in props:
+            return {"ratings": dict.fromkeys(props["ratings"]["properties"], 2)}
+        return {"watched": {"1": None, "3": None}, "exit": False}
+
+    def run(rate_watched):
+        sc = scenario_from_dict({
+            "name": f"rate-{rate_watched}", "seed": 3, "dataset": {"name": "ml-100k"}, "population": {"size": 4},
+            "recommender": {"algorithm": "pop"}, "pages": {"count": 2, "items_per_page": 4},
+            "policy": {"kind": "prompt-only", "reasoning": "none", "rate_watched": rate_watched},
+            "output_dir": str(tmp_path)})
+        llm = ScriptedLLM(respond)
+        events = aus.simulate(sc, llm=llm).events.to_pylist()
+        return events, llm
+
+    events, llm = run(True)
+    assert len(events) == 8 and all(e["failure"] is None for e in events)
+    watched = [r for e in events for w, r in zip(e["watched"], e["ratings"], strict=True) if w]
+    assert len(watched) == 16 and set(watched) == {2}
+    assert len(llm.requests) == 16  # a page call and a rating call per page
+    events, llm = run(False)
+    assert {r for e in events for w, r in zip(e["watched"], e["ratings"], strict=True) if w} == {None}
+    assert len(llm.requests) == 8
