@@ -19,9 +19,11 @@ from alignuser_sim.errors import UserError
 from alignuser_sim.evaluation.discriminator import (
     MIN_SESSIONS,
     NAMES,
+    _Session,
     auc_draws,
     classify,
     human_features,
+    session_row,
     simulated_features,
     top_features,
 )
@@ -214,3 +216,21 @@ def test_report_says_in_one_line_why_a_small_run_has_no_discriminator(runs, tmp_
     section = md.split("## Discriminator", 1)[1]
     assert "Not computed: " in section and "at least 10 on each side" in section
     assert not (tmp_path / "plots" / "discriminator.png").exists()
+
+
+
+def test_genre_entropy_does_not_depend_on_the_order_genres_were_counted_in():
+    """Genres are counted through sets, whose order changes with the process's string hashes; the entropy must
+    not (a last-bit difference moved the booster's bins: one run folder gave two AUCs in two processes). These
+    counts give three different floats under a plain sum over seven orders of the same items."""
+    counts = [3, 4, 3, 6, 5, 5, 6]
+    genre_of = {f"i{g}_{k}": [f"g{g}"] for g, c in enumerate(counts) for k in range(c)}
+    rng = np.random.default_rng(0)
+    values = set()
+    for _ in range(20):
+        order = list(rng.permutation(list(genre_of)))
+        session = _Session(pages=[(order, [True] * len(order), [None] * len(order))])
+        values.add(session_row(session, genre_of.get, {})[NAMES.index("genre_entropy")])
+    assert len(values) == 1, values
+    shares = np.array(counts) / sum(counts)
+    assert math.isclose(values.pop(), float(-(shares * np.log(shares)).sum()), rel_tol=1e-12)
