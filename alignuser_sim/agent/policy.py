@@ -137,11 +137,9 @@ class PolicySetup:
         the policy's; `rating_format=None` where the ratings are asked separately, as the evaluation does)."""
         uid = persona.user_id
         kwargs.setdefault("history_size", self.config.history_size)
-        if self.reference is None:
-            rater = RATING_FORMATS[self.config.reasoning] if self.config.rate_watched else None
-            kwargs.setdefault("rating_format", rater)
         if self.reference is not None:
             return PopularityAgent(self.persona(persona), domain=self.domain, stats=self.reference, **kwargs)
+        kwargs.setdefault("rating_format", RATING_FORMATS[self.config.reasoning] if self.config.rate_watched else None)
         return PersonaAgent(
             self.persona(persona),
             lessons=self.lessons.get(uid, NoLessons()) if self.config.use_lessons else NoLessons(),
