@@ -270,8 +270,7 @@ class PolicyConfig(Strict):
     @model_validator(mode="after")
     def _reference_has_no_switches(self) -> PolicyConfig:
         if self.kind == "popularity" and any((self.lessons, self.world_model, self.adapter, self.rate_watched)):
-            raise ValueError("policy popularity makes no LLM call: lessons, world_model, adapter and rate_watched "
-                             "do not apply")
+            raise ValueError("popularity makes no LLM call: lessons, world_model, adapter, rate_watched do not apply")
         return self
 
     @property
