@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import ray
@@ -39,6 +39,11 @@ from .shard import PersonaShard
 log = logging.getLogger(__name__)
 MIN_AGENTS_PER_SHARD = 8
 RESTART_DEADLINE_S = 300.0  # a shard not back by then (no node with room for it) fails the run
+STREAM_WATCH_S = 10.0  # how often a shard is pinged while its decision stream is silent
+
+
+class ShardReplaced(Exception):
+    """The shard answers from another process while a stream to it still waits: the stream is lost."""
 
 
 def size_shards(cluster_cpus: float, agents: int, per_cpu: int = 1) -> int:
@@ -46,6 +51,33 @@ def size_shards(cluster_cpus: float, agents: int, per_cpu: int = 1) -> int:
     shards than agents / MIN_AGENTS_PER_SHARD."""
     by_cpu = max(1, int(cluster_cpus) * per_cpu)
     return max(1, min(by_cpu, agents // MIN_AGENTS_PER_SHARD or 1))
+
+
+async def next_or_dead(stream: Any, ping: Callable[[], Awaitable[int]], pid: int | None,
+                       watch_s: float = STREAM_WATCH_S) -> Any:
+    """The stream's next object ref (None at its end), watching the shard while waiting: a stream whose
+    actor was killed at an unlucky moment can wait forever without raising (Ray streaming generators; seen
+    once in CI as a 300 s hang), so every `watch_s` of silence the shard is pinged, and an answer from a
+    process other than `pid` counts as the shard's death. A ping that does not answer in time (a busy or
+    restarting shard) only means looking again."""
+    step = asyncio.ensure_future(stream.__anext__())
+    try:
+        while True:
+            done, _ = await asyncio.wait({step}, timeout=watch_s)
+            if done:
+                try:
+                    return step.result()
+                except StopAsyncIteration:
+                    return None
+            try:
+                now = await asyncio.wait_for(ping(), timeout=watch_s)
+            except TimeoutError:
+                continue
+            if now != pid:
+                raise ShardReplaced(f"the shard answers from a new process ({now}) while its stream waits")
+    finally:
+        if not step.done():
+            step.cancel()
 
 
 class _RemoteRecommender:
@@ -131,13 +163,15 @@ class Coordinator:
             handle = self.shards[shard]
             try:
                 stream = handle.decide_stream.options(num_returns="streaming").remote(list(left.values()))
-                async for ref in stream:
+                while True:
+                    ref = await next_or_dead(stream, self.shards[shard].ping.remote, self.shard_pids.get(shard))
+                    if ref is None:
+                        return
                     events = await ref
                     for event in events:
                         left.pop(event.agent_id, None)
                     yield events
-                return
-            except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
+            except (ActorDiedError, ActorUnavailableError, RayActorError, ShardReplaced) as exc:
                 log.warning("shard %d failed (%s); waiting for its restart", shard, type(exc).__name__)
                 await self._await_restart(shard)
 
@@ -147,15 +181,15 @@ class Coordinator:
         async with self._restore_locks.setdefault(shard, asyncio.Lock()):
             deadline = time.time() + RESTART_DEADLINE_S
             while time.time() < deadline:
-                try:
-                    pid = await self.shards[shard].ping.remote()
+                try:  # bounded: a ping caught in a kill may never answer, like a stream (above)
+                    pid = await asyncio.wait_for(self.shards[shard].ping.remote(), timeout=STREAM_WATCH_S)
                     if self.shard_pids.get(shard) != pid:
                         self._count_restart(shard)
                         await self.shards[shard].restore.remote(self._history_events(shard))
                         await self.shards[shard].set_endpoints.remote(self.endpoints)
                         self.shard_pids[shard] = pid
                     return
-                except (ActorDiedError, ActorUnavailableError, RayActorError):
+                except (TimeoutError, ActorDiedError, ActorUnavailableError, RayActorError):
                     await asyncio.sleep(self.plan.scenario.run.shard_restart_wait_s)
             raise UserError(f"shard {shard} did not come back within {RESTART_DEADLINE_S:g} s (no node with room for "
                             f"it?): the run stopped; finish it with `alignuser-sim run --resume {self.plan.run_dir}`")

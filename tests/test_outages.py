@@ -326,6 +326,7 @@ def test_on_ray_failed_calls_reach_the_run_folder_once_each_through_the_coordina
     assert {x["kind"] for x in lines} <= {"invalid_json", "schema"}
     assert len({x["key"] for x in lines}) == len(lines)  # once each
 
+@pytest.mark.timeout(600)  # a loaded CI machine: restarts take seconds each (40-70 s here beside a learn run)
 def test_a_shard_crashing_again_and_again_stops_after_its_restart_limit(ray_local, tmp_path):  # noqa: F811
     ray = pytest.importorskip("ray")
     from actors.launch import RayRunner
@@ -364,6 +365,47 @@ def test_a_shard_crashing_again_and_again_stops_after_its_restart_limit(ray_loca
     assert "\n" not in message and len(kills) >= 3
     assert message.startswith("shard 0 crashed 3 times (run.max_shard_restarts: 2): the run stopped")
     assert RunFolder(tmp_path / "run").status() == "running"  # resumable
+
+
+class _SilentStream:
+    """A decision stream that never yields (a Ray streaming generator whose actor died at an unlucky moment
+    can wait like this) until its future is given an item or its end."""
+
+    def __init__(self):
+        self.item: asyncio.Future = asyncio.get_running_loop().create_future()
+
+    async def __anext__(self):
+        return await self.item
+
+
+def _pings(*answers):
+    """A ping whose answers are pids, or None for one that does not answer in time."""
+    left = list(answers)
+
+    async def ping():
+        pid = left.pop(0) if left else answers[-1]
+        if pid is None:
+            await asyncio.sleep(3600)
+        return pid
+
+    return ping
+
+
+def test_a_silent_stream_to_a_replaced_shard_raises_instead_of_waiting_forever():
+    pytest.importorskip("ray")
+    from actors.coordinator import ShardReplaced, next_or_dead
+
+    async def go():
+        with pytest.raises(ShardReplaced, match="new process"):
+            await asyncio.wait_for(next_or_dead(_SilentStream(), _pings(11, None, 12), pid=11, watch_s=0.05), 5)
+        alive = _SilentStream()  # the same process, only slow: keep waiting, then the item
+        asyncio.get_running_loop().call_later(0.3, alive.item.set_result, "ref")
+        assert await next_or_dead(alive, _pings(11, None), pid=11, watch_s=0.05) == "ref"
+        ended = _SilentStream()
+        ended.item.set_exception(StopAsyncIteration())
+        assert await next_or_dead(ended, _pings(11), pid=11, watch_s=0.05) is None
+
+    asyncio.run(go())
 
 
 def test_a_held_failure_log_keeps_lines_for_drain_and_counts_what_does_not_fit(tmp_path, monkeypatch):
