@@ -56,9 +56,9 @@ def size_shards(cluster_cpus: float, agents: int, per_cpu: int = 1) -> int:
 async def next_or_dead(stream: Any, ping: Callable[[], Awaitable[int]], pid: int | None,
                        watch_s: float = STREAM_WATCH_S) -> Any:
     """The stream's next object ref (None at its end), watching the shard while waiting: a stream whose
-    actor was killed at an unlucky moment can wait forever without raising (Ray streaming generators; seen
-    once in CI as a 300 s hang), so every `watch_s` of silence the shard is pinged, and an answer from a
-    process other than `pid` counts as the shard's death. A ping that does not answer in time (a busy or
+    actor was killed at an unlucky moment can wait forever without raising (Ray streaming generators; the
+    likely cause of a 300 s hang seen once in CI), so every `watch_s` of silence the shard is pinged, and an
+    answer from a process other than `pid` counts as the shard's death. A ping that does not answer in time (a busy or
     restarting shard) only means looking again."""
     step = asyncio.ensure_future(stream.__anext__())
     try:
@@ -164,7 +164,7 @@ class Coordinator:
             try:
                 stream = handle.decide_stream.options(num_returns="streaming").remote(list(left.values()))
                 while True:
-                    ref = await next_or_dead(stream, self.shards[shard].ping.remote, self.shard_pids.get(shard))
+                    ref = await next_or_dead(stream, handle.ping.remote, self.shard_pids.get(shard))
                     if ref is None:
                         return
                     events = await ref
