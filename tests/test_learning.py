@@ -227,6 +227,39 @@ def test_taste_off_writes_no_taste(tmp_path):
     assert summary["tastes_written"] == 0 and summary["calls_per_persona_this_run"] == 1.0
 
 
+@pytest.mark.parametrize("cap, most", [(1, 1), (None, 3)])
+def test_learning_concurrency_caps_the_personas_learning_at_once(tmp_path, monkeypatch, cap, most):
+    """A CPU server times out 32-64 long reflections in flight; `learning.concurrency` (not llm.concurrency,
+    which the evaluation keeps high) sets how many personas learn at once, and the client `learn` opens."""
+    from alignuser_sim.learning import learner as learner_module
+
+    scenario = scenario_from_dict(scenario_dict(tmp_path, concurrency=cap, counterfactuals_per_step=1,
+                                                transitions_per_persona=1))
+    assert scenario.llm.concurrency == 32
+    assert scenario.learning_llm().concurrency == (cap or 32) and scenario.llm.concurrency == 32
+    original, now, seen = learner_module.Learner.transition, [0], []
+
+    async def counted(self, user, step):
+        now[0] += 1
+        seen.append(now[0])
+        try:
+            await asyncio.sleep(0.01)  # let the other workers start theirs
+            return await original(self, user, step)
+        finally:
+            now[0] -= 1
+
+    monkeypatch.setattr(learner_module.Learner, "transition", counted)
+    asyncio.run(run_learning(prepare(scenario), ScriptedLLM(respond)))
+    assert len(seen) == 3 and max(seen) == most
+
+
+def test_learning_concurrency_never_raises_llm_concurrency(tmp_path):
+    data = scenario_dict(tmp_path, concurrency=16)
+    data["llm"] = {"concurrency": 4}
+    assert scenario_from_dict(data).learning_llm().concurrency == 4
+    assert scenario_from_dict(scenario_dict(tmp_path)).learning_llm().concurrency == 8  # the CPU default
+
+
 # --- the command line ------------------------------------------------------------------------------------
 
 

@@ -153,7 +153,7 @@ def learn(scenario: Scenario | str | Path, *, users: int | None = None, folder: 
             on_progress(0, None, {"personas": len(inputs.users)})
         return await run_learning(inputs, client, where, on_progress=on_progress)
 
-    summary = _with_llm(sc.llm, where, llm, reporter, work)
+    summary = _with_llm(sc.learning_llm(), where, llm, reporter, work)
     return LearningResult(where, summary)
 
 

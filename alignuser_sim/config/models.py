@@ -237,6 +237,11 @@ class LearningConfig(Strict):
     taste: Literal["auto", "off"] = Field(
         default="auto", description="auto: the LLM writes taste text for personas without one (training split)")
     folder: Path | None = Field(default=None, description="Learning folder; None: OUTPUT_DIR/NAME/learning")
+    concurrency: Annotated[int, Field(gt=0, le=4096)] | None = Field(
+        default=8,
+        description="LLM requests in flight during `learn` (at most llm.concurrency); None: llm.concurrency. "
+                    "Reflections are long replies: on a 2-core CPU server, 32-64 of them in flight share ~90 "
+                    "tokens/s, pass llm.timeout_s and are sent again from scratch. Raise it for a GPU server")
 
 
 class PolicyConfig(Strict):
@@ -391,6 +396,13 @@ class Scenario(Strict):
 
     def learning_dir(self) -> Path:
         return self.learning.folder if self.learning.folder is not None else self.run_dir() / "learning"
+
+    def learning_llm(self) -> LLMConfig:
+        """The LLM settings `learn` runs with: `llm` with at most `learning.concurrency` requests in flight."""
+        cap = self.learning.concurrency
+        if cap is None or cap >= self.llm.concurrency:
+            return self.llm
+        return self.llm.model_copy(update={"concurrency": cap})
 
     @property
     def population_seed(self) -> int:

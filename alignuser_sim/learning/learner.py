@@ -298,7 +298,7 @@ async def run_learning(inputs: LearningInputs, llm: StructuredLLM, folder: Path 
                 chains = list(jobs.values())
             else:
                 chains = [[job] for chain in jobs.values() for job in chain]
-            await _drain(chains, inputs.scenario.llm.concurrency, llm, on_progress)
+            await _drain(chains, inputs.scenario.learning_llm().concurrency, llm, on_progress)
             consolidate(journal, folder)
             lessons = write_lessons(journal, folder, inputs.scenario.learning.lessons_per_persona, embedder)
             summary = summarize(journal, inputs.users, learner.counts.transitions_done, learner.counts.retry_later,
@@ -320,7 +320,7 @@ async def run_world_model_eval(inputs: LearningInputs, llm: StructuredLLM, n_exa
             learner = Learner(inputs, llm, journal)
             jobs = [[lambda u=u, s=s, n=n: learner.evaluate(u, s, n)]
                     for u in inputs.users for s in inputs.sampled_steps(u) for n in (0, n_examples)]
-            await _drain(jobs, inputs.scenario.llm.concurrency, llm, on_progress)
+            await _drain(jobs, inputs.scenario.learning_llm().concurrency, llm, on_progress)
             consolidate(journal, folder)
             users = set(inputs.users)
             result = {}
