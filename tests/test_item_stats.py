@@ -8,7 +8,13 @@ from alignuser_sim.agent.decision import id_lines, numbered_lines
 from alignuser_sim.config import scenario_from_dict
 from alignuser_sim.core import Catalogue, ItemView, stats_suffix
 from alignuser_sim.data.holdout import split_dataset
-from alignuser_sim.data.item_stats import agent_items, with_agent_items, with_item_stats, without_item_stats
+from alignuser_sim.data.item_stats import (
+    agent_items,
+    with_agent_items,
+    with_item_stats,
+    without_item_stats,
+    without_own_interactions,
+)
 from alignuser_sim.data.tables import Dataset, make_interactions, make_items
 from alignuser_sim.evaluation import micro, ranking
 
@@ -115,3 +121,62 @@ def test_simulation_and_learning_catalogues_carry_the_stats(tmp_path):
     assert "avg_rating" not in off.dataset.items.column_names
     inputs = prepare(scenario_from_dict(base), users_limit=2, fit=False)
     assert any(v.n_ratings for v in inputs.views.values())
+
+
+def same_stats(got: ItemView, expected: ItemView) -> bool:
+    if expected.avg_rating is None:
+        return got.avg_rating is None and got.n_ratings == expected.n_ratings
+    return got.n_ratings == expected.n_ratings and got.avg_rating == pytest.approx(expected.avg_rating)
+
+
+def test_a_users_own_interactions_leave_the_stats_of_their_training_examples():
+    """Each case of `without_own_interactions` against the stats recomputed with the user's rows removed."""
+    ds = tiny()
+    train, _ = split_dataset(ds)
+    table = with_item_stats(ds.items, train.interactions)
+    users = {"a": 3, "b": 1}  # distinct training users per item
+    checked = 0
+    for user in ("u1", "u2", "u3"):
+        rows = train.interactions.filter(pa.compute.equal(train.interactions["user_id"], user))
+        others = train.interactions.filter(pa.compute.not_equal(train.interactions["user_id"], user))
+        expected = views(with_item_stats(ds.items, others))
+        for item, rating in zip(rows["item_id"].to_pylist(), rows["rating"].to_pylist(), strict=True):
+            assert same_stats(without_own_interactions(views(table)[item], [rating], users[item]), expected[item])
+            checked += 1
+    assert checked == 4
+    a = views(table)["a"]
+    assert without_own_interactions(a, [4.0], 3) == ItemView(
+        "a", "Alpha", ("Drama",), "A long story.", avg_rating=4.5, n_ratings=2)
+    assert without_own_interactions(a, [None], 3) == a  # an unrated interaction never counted in the ratings
+    assert without_own_interactions(a, [], 3) == a
+    b = views(table)["b"]  # rated by u1 alone; with 2 distinct users, the other one interacted without a rating
+    assert without_own_interactions(b, [3.0], 2) == ItemView("b", "Beta", (), "", avg_rating=None, n_ratings=1)
+    plain = tiny(ratings=False)
+    unrated = views(with_item_stats(plain.items, split_dataset(plain)[0].interactions))["a"]
+    assert unrated.n_ratings == 3 and without_own_interactions(unrated, [None], 3).n_ratings == 2
+    hidden = ItemView("a", "Alpha")  # stats switched off: nothing to take out
+    assert without_own_interactions(hidden, [4.0], 3) == hidden
+
+
+def test_training_examples_show_each_users_items_without_their_own_ratings(tmp_path):
+    """ML-100K: `LearningInputs.views_for(user)` is the training split's stats with that user's rows removed,
+    for every item the user consumed (the evaluation never counts the user in the stats of what it asks)."""
+    from alignuser_sim.data import load_dataset
+    from alignuser_sim.learning.inputs import prepare
+
+    scenario = scenario_from_dict({"name": "own", "seed": 3, "dataset": {"name": "ml-100k"},
+                                   "population": {"size": 2}, "output_dir": str(tmp_path)})
+    inputs = prepare(scenario, fit=False)
+    train, _ = split_dataset(load_dataset(scenario.dataset))
+    changed = 0
+    for user in inputs.users:
+        others = views(with_item_stats(train.items, train.interactions.filter(
+            pa.compute.not_equal(train.interactions["user_id"], user))))
+        mine = inputs.views_for(user)
+        for item, _rating, _liked in inputs.consumed[user]:
+            assert same_stats(mine[item], others[item])
+            changed += mine[item] != inputs.views[item]
+    assert changed > 0
+    consumed = {c[0] for u in inputs.users for c in inputs.consumed[u]}
+    untouched = next(i for i in inputs.views if i not in consumed)
+    assert inputs.views_for(inputs.users[0])[untouched] is inputs.views[untouched]

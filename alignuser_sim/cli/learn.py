@@ -154,7 +154,8 @@ def worldmodel(
     with err.status("loading data, replaying the training split, fitting the recommender"):
         inputs = prepare(scenario, users)
     where = scenario.learning_dir()
-    with exit_on_interrupt(_interrupted(where)), llm_client(scenario.learning_llm(), where) as llm, _bar("world model") as bar:
+    with (exit_on_interrupt(_interrupted(where)), llm_client(scenario.learning_llm(), where) as llm,
+          _bar("world model") as bar):
         summary = asyncio.run(run_world_model_eval(inputs, llm, n, where, on_progress=_calls(bar)))
     scores = summary["scores"]
     out.print(_scores_table(f"world model: next-state accuracy ({summary['personas']} personas)", {

@@ -18,6 +18,7 @@ from dataclasses import replace
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from alignuser_sim.core import ItemView
 from alignuser_sim.data.holdout import split_dataset
 from alignuser_sim.data.tables import Dataset
 
@@ -58,3 +59,25 @@ def agent_items(ds: Dataset, show: bool = True, train: Dataset | None = None) ->
 def with_agent_items(ds: Dataset, show: bool = True) -> Dataset:
     """The dataset with `agent_items` as its items table (what a run plan carries to its shards)."""
     return replace(ds, items=agent_items(ds, show))
+
+
+def without_own_interactions(view: ItemView, own_ratings: list[float | None], users: int) -> ItemView:
+    """`view` with one user's own training interactions taken out of its stats (`own_ratings`: that user's
+    ratings of the item, None where an interaction has no rating; `users`: the item's distinct training users).
+
+    Why: training examples are cut from a user's TRAINING split, whose stats count the user's own ratings, so
+    each of their positives shows "rated by at least 1 user" (on a sparse dataset often exactly 1: themselves),
+    while the evaluation asks about held-out items whose stats never count the user. Taught with their own
+    ratings in view, a model learns "no stats: skip", which the evaluation punishes. With them out, an example
+    shows an item as the user would have seen it before they chose it, as the evaluation shows its items."""
+    if not own_ratings or (view.avg_rating is None and view.n_ratings == 0):
+        return view  # not this user's item, or stats not shown
+    rated = [r for r in own_ratings if r is not None]
+    if view.avg_rating is None:  # no ratings anywhere: the count is distinct users, the user is one of them
+        return replace(view, n_ratings=max(0, view.n_ratings - 1))
+    if not rated:  # the user's interactions carry no rating: the rating stats never counted them
+        return view
+    left = view.n_ratings - len(rated)
+    if left <= 0:  # only this user rated it: what is left is the other users' unrated interactions
+        return replace(view, avg_rating=None, n_ratings=max(0, users - 1))
+    return replace(view, avg_rating=(view.avg_rating * view.n_ratings - sum(rated)) / left, n_ratings=left)

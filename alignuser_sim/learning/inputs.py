@@ -9,7 +9,9 @@ simulation builds them, so what is learned for a persona is what its simulated a
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections import ChainMap
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,7 +31,7 @@ from alignuser_sim.core import (
 from alignuser_sim.data import load_dataset
 from alignuser_sim.data.domain import dataset_domain
 from alignuser_sim.data.holdout import split_dataset
-from alignuser_sim.data.item_stats import agent_items
+from alignuser_sim.data.item_stats import agent_items, without_own_interactions
 from alignuser_sim.data.personas import Persona, build_personas
 from alignuser_sim.data.population import select_population
 from alignuser_sim.data.rollouts import build_rollouts
@@ -67,6 +69,22 @@ class LearningInputs:
     consumed: dict[str, list[Consumed]]  # training interactions, oldest first
     recommender: Recommender | None = None  # fitted on the training split (None: `prepare(fit=False)`)
     domain: Domain = MOVIES  # the words of every learning prompt (the scenario's `dataset.domain`)
+    item_users: dict[str, int] = field(default_factory=dict)  # distinct training users per item
+    _own_views: dict[str, Mapping[str, ItemView]] = field(default_factory=dict, repr=False)
+
+    def views_for(self, user_id: str) -> Mapping[str, ItemView]:
+        """`views` as this user's training pages show them: their own interactions out of every item's stats
+        (`item_stats.without_own_interactions` says why), so training examples show items as the evaluation
+        does."""
+        cached = self._own_views.get(user_id)
+        if cached is None:
+            own: dict[str, list[float | None]] = {}
+            for item, rating, _liked in self.consumed.get(user_id, []):
+                own.setdefault(item, []).append(rating)
+            changed = {i: without_own_interactions(self.views[i], ratings, self.item_users.get(i, 0))
+                       for i, ratings in own.items() if i in self.views}
+            cached = self._own_views[user_id] = ChainMap(changed, self.views)
+        return cached
 
     @property
     def k(self) -> int:
@@ -131,6 +149,11 @@ def _consumed(interactions: pa.Table, users: list[str]) -> dict[str, list[Consum
     return out
 
 
+def _item_users(interactions: pa.Table) -> dict[str, int]:
+    grouped = interactions.group_by("item_id").aggregate([("user_id", "count_distinct")])
+    return dict(zip(grouped["item_id"].to_pylist(), grouped["user_id_count_distinct"].to_pylist(), strict=True))
+
+
 def heldout_items(scenario: Scenario, users: list[str]) -> dict[str, set[str]]:
     """Each user's held-out items (what the evaluation asks about): training data must never show them."""
     ds = load_dataset(scenario.dataset)
@@ -163,5 +186,5 @@ def prepare(scenario: Scenario, users_limit: int | None = None, fit: bool = True
         scenario=scenario, users=users, personas=personas, steps=_rollout_steps(rollouts),
         views=catalogue.views, catalogue_ids=ds.items["item_id"].to_pylist(),
         consumed=_consumed(train.interactions, users), recommender=recommender,
-        domain=dataset_domain(scenario.dataset),
+        domain=dataset_domain(scenario.dataset), item_users=_item_users(train.interactions),
     )

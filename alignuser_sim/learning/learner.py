@@ -133,7 +133,7 @@ class Learner:
         """The current policy at this state: its short history is the human's; with `counterfactual_policy:
         lessons` it also holds the lessons learned so far, so the alternatives it proposes are the mistakes
         it still makes, not the ones an earlier reflection already corrected."""
-        views = self.inputs.views
+        views = self.inputs.views_for(state.user_id)
         history = [(views[i].title if i in views else i, None if r is None else int(round(r)))
                    for i, r in state.history]
         agent = PersonaAgent(persona, seed=self.seed, history=history, history_size=self.inputs.history_size,
@@ -168,8 +168,9 @@ class Learner:
     async def _counterfactuals(self, persona: Persona, state: State, human: Action) -> dict[str, Any] | None:
         inputs = self.inputs
         agent = self.policy_agent(persona, state)
+        views = inputs.views_for(state.user_id)  # the page as the user saw it: their own ratings not in its stats
         alts = await sample_alternatives(
-            self.llm, agent, state, human, inputs.views,
+            self.llm, agent, state, human, views,
             self.cfg.counterfactuals_per_step, self.cfg.counterfactual_temperature, self.seed)
         later = [f for f in alts.failures if is_transient(f)]
         if later:
@@ -181,9 +182,9 @@ class Learner:
             "kind": "counterfactuals", "user_id": state.user_id, "step": state.step, "session": state.session,
             "page": state.page_no, "items": state.page,
             "actions": [a.to_dict() for a in actions], "truths": [t.to_dict() for t in truths],
-            "hints": [hint_text(a, t, inputs.views, human=n == 0, domain=inputs.domain)
+            "hints": [hint_text(a, t, views, human=n == 0, domain=inputs.domain)
                       for n, (a, t) in enumerate(zip(actions, truths, strict=True))],
-            "hint_genres": [hint_genres(state, a, inputs.views) for a in actions],
+            "hint_genres": [hint_genres(state, a, views) for a in actions],
             "samples": alts.samples, "failures": alts.failures, "same_as_human": alts.same_as_human,
             "duplicates": alts.duplicates, "lessons_used": len(agent.lessons),
         }
@@ -198,8 +199,9 @@ class Learner:
         n_examples = self.cfg.world_model_examples if n_examples is None else n_examples
         examples = inputs.examples(state.user_id, state.step, n_examples)
         candidates = candidate_items(truths, state, inputs.k, inputs.catalogue_ids, self.seed)
-        question = Question.build(state, len(actions), candidates, inputs.k, inputs.views)
-        messages = prediction_messages(persona_text, state, actions, question, inputs.views, examples,
+        views = inputs.views_for(state.user_id)
+        question = Question.build(state, len(actions), candidates, inputs.k, views)
+        messages = prediction_messages(persona_text, state, actions, question, views, examples,
                                        history_size=inputs.history_size, domain=inputs.domain)
         result = await self.llm.call(
             messages, Prediction, schema=question.schema(), sampling=question.sampling(self.max_tokens),
@@ -224,7 +226,7 @@ class Learner:
             self.journal.put({**base, "skipped": "no_alternatives", "reasoning": None, "mistakes": None,
                               "lessons": [], "dropped": 0, "failure": None})
             return
-        views = self.inputs.views
+        views = self.inputs.views_for(state.user_id)
         messages = reflection_messages(persona_text, state, actions[0], truths[0], actions[1:], truths[1:], views,
                                        history_size=self.inputs.history_size, domain=self.inputs.domain)
         result = await self.llm.call(messages, Reflection, seed=reflection_seed(self.seed, state.user_id, state.step),

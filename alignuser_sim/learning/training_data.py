@@ -23,7 +23,7 @@ can prove it (`SFTExample.items`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -100,7 +100,7 @@ def _pages(inputs: LearningInputs, uid: str, max_pages: int | None, seed: int) -
     return steps
 
 
-def _without(truth: NextState, hidden: set[str], k: int, views: dict[str, ItemView]) -> NextState:
+def _without(truth: NextState, hidden: set[str], k: int, views: Mapping[str, ItemView]) -> NextState:
     """The next state as the recommender serves it once the user's held-out items are taken out of its ranking
     (the next-ranked items move up): a recommender fitted on the past ranks them high, and the example must
     not name them."""
@@ -113,11 +113,12 @@ def world_model_examples(inputs: LearningInputs, journal: Journal | None, person
                          heldout: dict[str, set[str]] | None = None, max_pages: int | None = None,
                          domain: Domain = MOVIES) -> tuple[list[SFTExample], int]:
     """Stage 1's examples and how many were dropped because they would show a held-out item of their user."""
-    scenario, views, k = inputs.scenario, inputs.views, inputs.k
+    scenario, k = inputs.scenario, inputs.k
     heldout = heldout or {}
     out: list[SFTExample] = []
     dropped = 0
     for uid in inputs.users:
+        views = inputs.views_for(uid)  # the user's own interactions out of the stats, as the evaluation shows items
         text = personas[uid].describe(domain)
         pairs: list[tuple[int, Action, NextState | None]] = [
             (s, inputs.human_action(uid, s), None) for s in _pages(inputs, uid, max_pages, scenario.seed)]
@@ -151,7 +152,7 @@ def policy_examples(inputs: LearningInputs, journal: Journal | None, personas: d
     """Stage 2's examples: every training page (or only the reflected ones), the human's decision as reply.
     `setup`: the policy whose prompts the examples are written in (its lessons and world-model lines, its
     decision format); None: the scenario's decision format and the persona alone."""
-    scenario, views = inputs.scenario, inputs.views
+    scenario = inputs.scenario
     fmt = decision_format(setup.config.reasoning if setup else scenario.policy.reasoning)
     reasoning: dict[tuple[str, int], str] = {}
     if journal is not None:
@@ -160,6 +161,7 @@ def policy_examples(inputs: LearningInputs, journal: Journal | None, personas: d
                 reasoning[(record["user_id"], int(record["step"]))] = record["reasoning"]
     out: list[SFTExample] = []
     for uid in inputs.users:
+        views = inputs.views_for(uid)
         steps: Iterable[int] = (sorted(s for u, s in reasoning if u == uid and s < len(inputs.steps[uid]))
                                 if reflected_only else _pages(inputs, uid, max_pages, scenario.seed))
         for s in steps:
@@ -193,7 +195,8 @@ def rating_reply(fmt: RatingFormat, items: list[ItemView], truths: list[float]) 
     return fmt.reply(**fields)
 
 
-def judgment_examples(cases: list[UserCase], agents: dict[str, PersonaAgent], views: dict[str, ItemView],
+def judgment_examples(cases: list[UserCase], agents: dict[str, PersonaAgent],
+                      views_for: Callable[[str], Mapping[str, ItemView]],
                       ratios: list[int], items_per_page: int, seed: int, ratings: dict[str, dict[str, float]],
                       fmt: DecisionFormat, rating_fmt: RatingFormat) -> list[SFTExample]:
     """The evaluation's questions on training items (see the module docstring): every ratio's pages of each
@@ -203,6 +206,7 @@ def judgment_examples(cases: list[UserCase], agents: dict[str, PersonaAgent], vi
     out: list[SFTExample] = []
     for case in cases:
         agent = agents[case.user_id]
+        views = views_for(case.user_id)  # the user's own training ratings out of the stats (inputs.views_for)
         known = ratings.get(case.user_id, {})
         for ratio in ratios:
             for page_no, (ids, labels) in enumerate(case.page_items(ratio, items_per_page, seed)):

@@ -151,5 +151,5 @@ def _judgment(scenario: Scenario, inputs: LearningInputs, setup: PolicySetup) ->
                            salt=PURPOSE_TRAIN_CASES, exclude={c.user_id: set(c.negatives) for c in asked})
     ratings = {u: {i: r for i, r, _liked in inputs.consumed.get(u, []) if r is not None} for u in inputs.users}
     agents = {c.user_id: setup.agent(inputs.personas[c.user_id], seed=scenario.seed, history_size=0) for c in cases}
-    return judgment_examples(cases, agents, inputs.views, sorted(set(ev.ratios)), ev.items_per_page, scenario.seed,
+    return judgment_examples(cases, agents, inputs.views_for, sorted(set(ev.ratios)), ev.items_per_page, scenario.seed,
                              ratings, decision_format(setup.config.reasoning), RATING_FORMATS[setup.config.reasoning])
