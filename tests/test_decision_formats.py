@@ -179,7 +179,7 @@ def test_every_format_round_trips_through_events_stats_and_export(name, ml100k_s
     (row,) = [json.loads(x) for x in (tmp_path / "sft" / POLICY_FILE).read_text().splitlines()]
     system, user, assistant = row["messages"]
     assert system["content"].startswith(fmt.system)
-    page = [inputs.views[i] for i in inputs.state(uid, step).page]
+    page = [inputs.views_for(uid)[i] for i in inputs.state(uid, step).page]  # the user's own ratings out
     assert fmt.list_page(page) in user["content"]
     reply = fmt.reply.model_validate_json(assistant["content"])
     jsonschema.validate(json.loads(assistant["content"]), fmt.schema(page))
