@@ -139,7 +139,7 @@ def test_lessons_are_extracted_merged_capped_and_retrieved(small):
     uid = inputs.users[0]
     step = inputs.sampled_steps(uid)[0]
     page = inputs.steps[uid][step].items
-    marker = item_lines(page, inputs.views, tags=True, stats=True)  # this page's block of the prompt
+    marker = item_lines(page, inputs.views_for(uid), tags=True, stats=True)  # this page's block, as its user sees it
     llm = ScriptedLLM(scripted_world(inputs.views, broken_marker=marker))
     summary = asyncio.run(run_learning(inputs, llm))
     folder = scenario.learning_dir()
