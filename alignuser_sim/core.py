@@ -102,6 +102,18 @@ def stats_suffix(avg_rating: float | None, n_ratings: int) -> str:
     return f" - rated {avg_rating:.1f}/5 by {users}" if avg_rating is not None else f" - {users}"
 
 
+# (lowest share of the catalogue's items an item out-counts, word): the bands of `pages.popularity_words`
+POPULARITY_BANDS = ((0.9, "very popular"), (0.6, "popular"), (0.3, "little known"), (0.0, "obscure"))
+
+
+def popularity_word(share_below: float) -> str:
+    """A word for where an item's number of ratings ranks in the catalogue (`share_below`: the share of the
+    other rated items it out-counts). Why a word: a 135M model does not compare "by 2,345 users" with "by 12
+    users" across lines (BENCHMARKS.md, "What the page decisions follow"); a word it can copy is a cue it
+    may use."""
+    return next(word for floor, word in POPULARITY_BANDS if share_below >= floor)
+
+
 @dataclass(frozen=True)
 class ItemView:
     """What a user sees of an item on a page, with its rating stats from the training split where the scenario
@@ -113,13 +125,20 @@ class ItemView:
     description: str = ""
     avg_rating: float | None = None
     n_ratings: int = 0
+    popularity: str = ""  # a band word (`popularity_word`) where the scenario shows them
 
     @property
     def stats(self) -> str:
         return stats_suffix(self.avg_rating, self.n_ratings)
 
     def line(self) -> str:
-        text = f"- id {self.item_id}: {self.title}"
+        """`- id 42: Title (genres) - rated 4.1/5 by 1,234 users. Description` (answered by id)."""
+        return f"- id {self.item_id}: {self.text()}"
+
+    def text(self) -> str:
+        """The item without its id: `[popular] Title (genres) - rated 4.1/5 by 1,234 users. Description`."""
+        text = f"[{self.popularity}] " if self.popularity and self.n_ratings > 0 else ""  # first: not drowned
+        text += self.title
         if self.genres:
             text += f" ({', '.join(self.genres)})"
         text += self.stats  # before the description, which is cut mid-sentence
@@ -135,7 +154,8 @@ def short_title(view: ItemView) -> str:
 
 class Catalogue:
     """Item id -> what a user sees of it. Built once per process from the items table; its optional columns
-    `avg_rating` and `n_ratings` (`data/item_stats.py`) travel with the table, to Ray shards too."""
+    `avg_rating`, `n_ratings` and `popularity` (`data/item_stats.py`) travel with the table, to Ray shards
+    too."""
 
     def __init__(self, items: pa.Table):
         ids = items["item_id"].to_pylist()
@@ -145,9 +165,10 @@ class Catalogue:
 
         self.views = {
             i: ItemView(i, t or f"item {i}", tuple(g or ()), d or "",
-                        None if a is None or a != a else float(a), int(n or 0))  # a != a: NaN
-            for i, t, g, d, a, n in zip(ids, column("title"), column("genres"), column("description"),
-                                        column("avg_rating"), column("n_ratings"), strict=True)
+                        None if a is None or a != a else float(a), int(n or 0), w or "")  # a != a: NaN
+            for i, t, g, d, a, n, w in zip(ids, column("title"), column("genres"), column("description"),
+                                           column("avg_rating"), column("n_ratings"), column("popularity"),
+                                           strict=True)
         }
 
     def page(self, item_ids: Sequence[str]) -> list[ItemView]:

@@ -16,6 +16,7 @@ from alignuser_sim.data.item_stats import (
     without_own_interactions,
 )
 from alignuser_sim.data.tables import Dataset, make_interactions, make_items
+from alignuser_sim.errors import ScenarioError
 from alignuser_sim.evaluation import micro, ranking
 
 
@@ -180,3 +181,42 @@ def test_training_examples_show_each_users_items_without_their_own_ratings(tmp_p
     consumed = {c[0] for u in inputs.users for c in inputs.consumed[u]}
     untouched = next(i for i in inputs.views if i not in consumed)
     assert inputs.views_for(inputs.users[0])[untouched] is inputs.views[untouched]
+
+
+def test_popularity_words_rank_the_counts_and_lead_the_line():
+    """`pages.popularity_words`: a band word per rated item from where its count ranks among the rated items
+    (ties share a word, unrated items get none), first on the line in both formats; off by default."""
+    from alignuser_sim.core import popularity_word
+    from alignuser_sim.data.item_stats import with_popularity_words
+
+    counts = [0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 50]  # ten rated items, one unrated
+    items = make_items([f"i{n}" for n in range(len(counts))], [f"T{n}" for n in range(len(counts))],
+                       [[] for _ in counts]).append_column("avg_rating", pa.array([None] + [3.0] * 10)) \
+        .append_column("n_ratings", pa.array(counts, pa.int64()))
+    got = with_popularity_words(items)["popularity"].to_pylist()
+    assert got[0] is None
+    assert got[1] == got[2] == "obscure"  # nothing below them
+    assert got[-1] == "very popular" and got[-2] == "popular" and got[4] == "little known"
+    assert [popularity_word(x) for x in (0.0, 0.29, 0.3, 0.6, 0.9, 1.0)] == [
+        "obscure", "obscure", "little known", "popular", "very popular", "very popular"]
+    view = views(with_popularity_words(items))["i10"]
+    assert view.line() == "- id i10: [very popular] T10 - rated 3.0/5 by 50 users"
+    assert numbered_lines([view]) == "1. [very popular] T10 - rated 3.0/5 by 50 users"
+    assert "[" not in id_lines([views(with_popularity_words(items))["i0"]])  # unrated: no word
+    ds = tiny()
+    assert "popularity" not in agent_items(ds).column_names  # off by default
+    assert agent_items(ds, words=True)["popularity"].to_pylist()[:2] == ["very popular", "obscure"]
+    assert "popularity" not in agent_items(ds, show=False, words=True).column_names
+    assert "popularity" in with_agent_items(ds, words=True).items.column_names
+    # the switch: recorded by the fingerprints only when on; needs the stats
+    base = {"name": "t", "dataset": {"name": "ml-100k"}}
+    on = scenario_from_dict({**base, "pages": {"popularity_words": True}})
+    assert micro.fingerprint(on)["popularity_words"] is True and "popularity_words" not in micro.fingerprint(
+        scenario_from_dict(base))
+    assert ranking.fingerprint(on)["pages"]["popularity_words"] is True
+    assert "popularity_words" not in ranking.fingerprint(scenario_from_dict(base))["pages"]
+    with pytest.raises(ScenarioError, match="pages.popularity_words: needs show_item_stats"):
+        scenario_from_dict({**base, "pages": {"popularity_words": True, "show_item_stats": False}})
+    # a user's own interaction taken out of an item only they touched takes its word too
+    lone = ItemView("b", "Beta", avg_rating=3.0, n_ratings=1, popularity="obscure")
+    assert without_own_interactions(lone, [3.0], 1).line() == "- id b: Beta"

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignuser_sim.core import DESCRIPTION_MAX, MOVIES, Domain, ItemView
+from alignuser_sim.core import MOVIES, Domain, ItemView
 from alignuser_sim.llm.schemas import json_schema_for
 
 Reasoning = Literal["none", "brief", "full"]
@@ -152,16 +152,7 @@ def id_lines(page: Sequence[ItemView]) -> str:
 def numbered_lines(page: Sequence[ItemView]) -> str:
     """`1. Title (genres) - rated 4.1/5 by 1,234 users. Description`: the items by position, no ids (compact
     replies answer by position); the stats where the catalogue has them (`ItemView.stats`)."""
-    lines = []
-    for n, item in enumerate(page, 1):
-        text = f"{n}. {item.title}"
-        if item.genres:
-            text += f" ({', '.join(item.genres)})"
-        text += item.stats
-        if item.description:
-            text += f". {item.description[:DESCRIPTION_MAX]}"
-        lines.append(text)
-    return "\n".join(lines)
+    return "\n".join(f"{n}. {item.text()}" for n, item in enumerate(page, 1))
 
 
 # --- replies <-> decisions -----------------------------------------------------------------------------------

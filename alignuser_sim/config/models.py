@@ -152,6 +152,16 @@ class PagesConfig(Strict):
     show_item_stats: bool = Field(
         default=True, description="Show each item's average rating and number of ratings (training split) on "
         "every page an agent sees, as platforms do; false for the ablation")
+    popularity_words: bool = Field(
+        default=False, description="Also a band word for each item's popularity in the catalogue ('very "
+        "popular', 'popular', 'little known', 'obscure'), first on its line: the same fact as the number of "
+        "ratings, in a form a small model can use. Needs show_item_stats")
+
+    @model_validator(mode="after")
+    def _words_need_stats(self) -> PagesConfig:
+        if self.popularity_words and not self.show_item_stats:
+            raise ValueError("popularity_words: needs show_item_stats (the words rank the ratings counts)")
+        return self
 
     @field_validator("distractor_ratio", mode="before")
     @classmethod

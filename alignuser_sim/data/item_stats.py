@@ -9,20 +9,25 @@ interacted with the item and there is no average.
 The stats are two optional columns of the items table (`avg_rating`, `n_ratings`), so they travel with it
 wherever it goes (Ray shards included) and `core.Catalogue` turns them into `ItemView` fields. The scenario's
 `pages.show_item_stats: false` (the ablation) leaves them out, and no prompt mentions them.
+
+`pages.popularity_words: true` adds a third column, `popularity`: a band word ("very popular" ... "obscure",
+`core.popularity_word`) for where the item's count ranks among the rated items of the catalogue, shown first
+on the item's line. The numbers alone are not read by a small model; the word is the same fact, easier to use.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from alignuser_sim.core import ItemView
+from alignuser_sim.core import ItemView, popularity_word
 from alignuser_sim.data.holdout import split_dataset
 from alignuser_sim.data.tables import Dataset
 
-STATS_COLUMNS = ("avg_rating", "n_ratings")
+STATS_COLUMNS = ("avg_rating", "n_ratings", "popularity")
 
 
 def with_item_stats(items: pa.Table, train_interactions: pa.Table) -> pa.Table:
@@ -42,23 +47,36 @@ def with_item_stats(items: pa.Table, train_interactions: pa.Table) -> pa.Table:
     return items.append_column("avg_rating", avg).append_column("n_ratings", count)
 
 
+def with_popularity_words(items: pa.Table) -> pa.Table:
+    """`items` (with `n_ratings`) with a `popularity` band word: the share of the other rated items (count > 0)
+    whose count is strictly lower decides the band, so ties share a word, the most rated item is "very
+    popular" and an unrated item gets none."""
+    counts = items["n_ratings"].to_numpy(zero_copy_only=False)
+    rated = np.sort(counts[counts > 0])
+    below = np.searchsorted(rated, counts, side="left") / max(1, len(rated) - 1)
+    words = [popularity_word(float(b)) if c > 0 else None for c, b in zip(counts, below, strict=True)]
+    return items.append_column("popularity", pa.array(words, pa.string()))
+
+
 def without_item_stats(items: pa.Table) -> pa.Table:
     return items.drop_columns([c for c in STATS_COLUMNS if c in items.column_names])
 
 
-def agent_items(ds: Dataset, show: bool = True, train: Dataset | None = None) -> pa.Table:
+def agent_items(ds: Dataset, show: bool = True, train: Dataset | None = None, words: bool = False) -> pa.Table:
     """The items table every Catalogue built for agents reads (simulation, evaluation, learning): with the
-    stats of the training split when `show` (the scenario's `pages.show_item_stats`), without them otherwise.
+    stats of the training split when `show` (the scenario's `pages.show_item_stats`), without them otherwise;
+    with a popularity band word besides when `words` too (`pages.popularity_words`).
     `train`: the dataset's training split where the caller has it already."""
     if not show:
         return without_item_stats(ds.items)
     train = train if train is not None else split_dataset(ds)[0]
-    return with_item_stats(ds.items, train.interactions)
+    items = with_item_stats(ds.items, train.interactions)
+    return with_popularity_words(items) if words else items
 
 
-def with_agent_items(ds: Dataset, show: bool = True) -> Dataset:
+def with_agent_items(ds: Dataset, show: bool = True, words: bool = False) -> Dataset:
     """The dataset with `agent_items` as its items table (what a run plan carries to its shards)."""
-    return replace(ds, items=agent_items(ds, show))
+    return replace(ds, items=agent_items(ds, show, words=words))
 
 
 def without_own_interactions(view: ItemView, own_ratings: list[float | None], users: int) -> ItemView:
@@ -74,10 +92,12 @@ def without_own_interactions(view: ItemView, own_ratings: list[float | None], us
         return view  # not this user's item, or stats not shown
     rated = [r for r in own_ratings if r is not None]
     if view.avg_rating is None:  # no ratings anywhere: the count is distinct users, the user is one of them
-        return replace(view, n_ratings=max(0, view.n_ratings - 1))
+        left = max(0, view.n_ratings - 1)
+        return replace(view, n_ratings=left, popularity=view.popularity if left else "")
     if not rated:  # the user's interactions carry no rating: the rating stats never counted them
         return view
     left = view.n_ratings - len(rated)
     if left <= 0:  # only this user rated it: what is left is the other users' unrated interactions
-        return replace(view, avg_rating=None, n_ratings=max(0, users - 1))
+        others = max(0, users - 1)
+        return replace(view, avg_rating=None, n_ratings=others, popularity=view.popularity if others else "")
     return replace(view, avg_rating=(view.avg_rating * view.n_ratings - sum(rated)) / left, n_ratings=left)

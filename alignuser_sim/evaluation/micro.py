@@ -110,6 +110,8 @@ def fingerprint(scenario: Scenario) -> dict[str, Any]:
         mine["reasoning"] = scenario.policy.reasoning
     if not scenario.pages.show_item_stats:  # likewise (the default shows them)
         mine["show_item_stats"] = False
+    if scenario.pages.popularity_words:  # likewise (off by default)
+        mine["popularity_words"] = True
     return mine
 
 
@@ -232,7 +234,8 @@ async def run_eval(plan: EvalPlan, llm: StructuredLLM, tasks: list[Task], stores
     """Decide every task (concurrently: the client's semaphore bounds the calls in flight), storing each
     result as it comes; the stores are flushed whatever happens."""
     decisions, ratings = stores
-    catalogue = Catalogue(agent_items(plan.dataset, plan.scenario.pages.show_item_stats))
+    catalogue = Catalogue(agent_items(plan.dataset, plan.scenario.pages.show_item_stats,
+                                       words=plan.scenario.pages.popularity_words))
     agents: dict[tuple[str, str], PersonaAgent] = {}
     for label, setup in plan.policies.items():
         for case in plan.cases:

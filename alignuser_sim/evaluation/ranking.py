@@ -91,6 +91,8 @@ def fingerprint(scenario: Scenario) -> dict[str, Any]:
         dump["policy"].pop("rate_watched", None)  # likewise
     if dump["pages"].get("show_item_stats", True):
         dump["pages"].pop("show_item_stats", None)  # likewise
+    if not dump["pages"].get("popularity_words", False):
+        dump["pages"].pop("popularity_words", None)  # likewise
     if dump["dataset"].get("domain") is None:
         dump["dataset"].pop("domain", None)  # likewise (the dataset's own domain)
     return {key: dump[key] for key in ("seed", "dataset", "population", "pages", "policy")} | {

@@ -178,7 +178,8 @@ def prepare(scenario: Scenario, users_limit: int | None = None, fit: bool = True
         raise UserError("population: no user of the population has training interactions to learn from")
     personas = {p.user_id: p for p in build_personas(ds, users)}  # as the simulation builds them
     rollouts = build_rollouts(train, users, scenario.pages, scenario.seed, ds.interactions)
-    catalogue = Catalogue(agent_items(ds, scenario.pages.show_item_stats, train=train))  # as agents see items
+    catalogue = Catalogue(agent_items(ds, scenario.pages.show_item_stats, train=train,
+                                    words=scenario.pages.popularity_words))  # as agents see items
     recommender = None
     if fit:
         recommender = make_recommender(scenario.recommender, seed=scenario.seed).fit(train.interactions, train.items)

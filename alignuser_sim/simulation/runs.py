@@ -165,7 +165,8 @@ def new_run_dir(scenario: Scenario, out: Path | None) -> tuple[Path, str]:
 def plan_run(scenario: Scenario, out: Path | None, n_shards: int) -> RunPlan:
     """Load data, draw the population, build personas, lay out shards, and write the run folder."""
     run_dir, run_id = new_run_dir(scenario, out)
-    ds = with_agent_items(load_dataset(scenario.dataset), scenario.pages.show_item_stats)
+    ds = with_agent_items(load_dataset(scenario.dataset), scenario.pages.show_item_stats,
+                          scenario.pages.popularity_words)
     users = select_population(ds.interactions, scenario.population, scenario.population_seed)
     personas = build_personas(ds, users)
     policy = PolicySetup.for_scenario(scenario, users)  # before writing anything: a missing folder is an error
@@ -217,7 +218,8 @@ def resume_plan(run_dir: Path) -> RunPlan:
         if changed:
             raise UserError(f"{run_dir}: the learning folder {scenario.learning_dir()} changed since the run started "
                             f"({', '.join(changed)}); resuming would mix two policies: start a new run")
-    ds = with_agent_items(load_dataset(scenario.dataset), scenario.pages.show_item_stats)
+    ds = with_agent_items(load_dataset(scenario.dataset), scenario.pages.show_item_stats,
+                          scenario.pages.popularity_words)
     shards = folder.shards()
     users = [u for ids in shards.values() for u in ids]
     personas = build_personas(ds, sorted(users))
