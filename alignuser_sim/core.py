@@ -102,7 +102,7 @@ def stats_suffix(avg_rating: float | None, n_ratings: int) -> str:
     return f" - rated {avg_rating:.1f}/5 by {users}" if avg_rating is not None else f" - {users}"
 
 
-# (lowest share of the catalogue's items an item out-counts, word): the bands of `pages.popularity_words`
+# (lowest share of the other rated items an item out-counts, word): the bands of `pages.popularity_words`
 POPULARITY_BANDS = ((0.9, "very popular"), (0.6, "popular"), (0.3, "little known"), (0.0, "obscure"))
 
 

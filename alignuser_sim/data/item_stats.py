@@ -12,7 +12,8 @@ wherever it goes (Ray shards included) and `core.Catalogue` turns them into `Ite
 
 `pages.popularity_words: true` adds a third column, `popularity`: a band word ("very popular" ... "obscure",
 `core.popularity_word`) for where the item's count ranks among the rated items of the catalogue, shown first
-on the item's line. The numbers alone are not read by a small model; the word is the same fact, easier to use.
+on the item's line: the same fact as the count, in a form meant to be easier for a small model to use (on ML-1M
+the 135M model used neither: BENCHMARKS.md, "Popularity as a word").
 """
 
 from __future__ import annotations
