@@ -9,7 +9,8 @@ them the same way (ablations: `policy.lessons` / `policy.world_model`).
 
 A `PolicySetup` is plain data (picklable): the driver loads it once and ships each shard its agents' part,
 so shards on other nodes need no shared file system. Its config also names the agents' decision format
-(`policy.reasoning`, `agent/decision.py`). Everything it reads from the learning folder (tastes,
+(`policy.reasoning`, `agent/decision.py`) and how it chooses (`policy.choice`: `score` asks per item,
+`agent/item_scoring.py`). Everything it reads from the learning folder (tastes,
 lessons, world-model hints) is read by agent code, never by importing learning: learning writes those files.
 """
 
@@ -23,6 +24,7 @@ import pyarrow.parquet as pq
 
 from alignuser_sim.agent.adapters import check_base, load_adapters
 from alignuser_sim.agent.decision import decision_format
+from alignuser_sim.agent.item_scoring import ScoringAgent
 from alignuser_sim.agent.memory import load_lesson_memories
 from alignuser_sim.agent.persona_agent import (
     MAX_TOKENS,
@@ -67,7 +69,7 @@ class PolicySetup:
     domain: Domain = MOVIES  # the words of the agents' prompts (the scenario's `dataset.domain`)
     models: dict[str, str] = field(default_factory=dict)  # user -> the adapter's served name (alignuser+)
     adapter_paths: dict[str, Path] = field(default_factory=dict)  # served name -> adapter folder (to serve)
-    reference: TrainingStats | None = None  # the popularity policy's knowledge (no LLM)
+    reference: TrainingStats | None = None  # the popularity policy's knowledge (no LLM); `choice: score`'s rates
 
     @classmethod
     def prompt_only(cls) -> PolicySetup:
@@ -79,10 +81,11 @@ class PolicySetup:
         config = scenario.policy
         folder = scenario.learning_dir()
         setup = cls(config, max_tokens=scenario.llm.sampling.max_tokens, domain=dataset_domain(scenario.dataset))
-        if not config.uses_llm:
+        if not config.uses_llm or config.choice == "score":  # both decide how many from the human's training
             from alignuser_sim.data import load_dataset
 
             setup.reference = training_stats(load_dataset(scenario.dataset), user_ids, scenario.pages, scenario.seed)
+        if not config.uses_llm:
             return setup
         needs_learning = config.use_lessons or config.use_world_model
         if needs_learning and not folder.is_dir():
@@ -137,10 +140,12 @@ class PolicySetup:
         the policy's; `rating_format=None` where the ratings are asked separately, as the evaluation does)."""
         uid = persona.user_id
         kwargs.setdefault("history_size", self.config.history_size)
-        if self.reference is not None:
+        if not self.config.uses_llm:
             return PopularityAgent(self.persona(persona), domain=self.domain, stats=self.reference, **kwargs)
         kwargs.setdefault("rating_format", RATING_FORMATS[self.config.reasoning] if self.config.rate_watched else None)
-        return PersonaAgent(
+        if self.config.choice == "score":
+            kwargs["stats"] = self.reference
+        return (ScoringAgent if self.config.choice == "score" else PersonaAgent)(
             self.persona(persona),
             lessons=self.lessons.get(uid, NoLessons()) if self.config.use_lessons else NoLessons(),
             lessons_k=self.config.lessons_k,

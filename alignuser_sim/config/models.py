@@ -249,6 +249,10 @@ class PolicyConfig(Strict):
         default="full", description="Decision format: none (watched + ratings + exit), brief (+ one short "
         "thought), full (+ a thought and a feeling per item); see agent/decision.py")
 
+    choice: Literal["list", "score"] = Field(
+        default="list", description="How the page's items are chosen: list (the decision format's reply names "
+        "them) or score (one yes/no call per item read as P(yes) from the first token's log-probabilities; the "
+        "user watches the top ones at its human's training watch rate); see agent/item_scoring.py")
     adapter: bool | None = Field(
         default=None, description="Ask the trained LoRA adapter (`alignuser-sim train`) instead of the base model; "
         "None: on for kind alignuser+")
@@ -258,8 +262,10 @@ class PolicyConfig(Strict):
 
     @model_validator(mode="after")
     def _reference_has_no_switches(self) -> PolicyConfig:
-        if self.kind == "popularity" and any((self.lessons, self.world_model, self.adapter, self.rate_watched)):
-            raise ValueError("popularity makes no LLM call: lessons, world_model, adapter, rate_watched do not apply")
+        if self.kind == "popularity" and (any((self.lessons, self.world_model, self.adapter, self.rate_watched))
+                                         or self.choice != "list"):
+            raise ValueError("popularity makes no LLM call: lessons, world_model, adapter, rate_watched, choice do "
+                             "not apply")
         return self
 
     @property
@@ -282,15 +288,18 @@ class PolicyConfig(Strict):
     @property
     def label(self) -> str:
         """prompt-only, +lessons, +world model, alignuser (both); with the adapter: adapter, adapter+lessons,
-        adapter+world model, alignuser+ (all three); popularity. For tables."""
+        adapter+world model, alignuser+ (all three); "/score" after it for `choice: score`; popularity. For
+        tables (an eval folder holds a policy's list and score rows side by side)."""
         if not self.uses_llm:
             return self.kind
         both = (self.use_lessons, self.use_world_model)
         if self.use_adapter:
-            return {(False, False): "adapter", (True, False): "adapter+lessons",
+            name = {(False, False): "adapter", (True, False): "adapter+lessons",
                     (False, True): "adapter+world model", (True, True): "alignuser+"}[both]
-        return {(False, False): "prompt-only", (True, False): "+lessons", (False, True): "+world model",
-                (True, True): "alignuser"}[both]
+        else:
+            name = {(False, False): "prompt-only", (True, False): "+lessons", (False, True): "+world model",
+                    (True, True): "alignuser"}[both]
+        return name + ("/score" if self.choice == "score" else "")
 
 
 class ServeConfig(Strict):

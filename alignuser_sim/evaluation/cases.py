@@ -41,7 +41,7 @@ def policy_variant(scenario: Scenario, name: str, option: str = "--policies") ->
     if key not in POLICY_NAMES:
         raise UserError(f"{option}: unknown policy '{name}' (choose from {', '.join(POLICY_NAMES)})")
     variant = scenario.model_copy(deep=True)
-    kept = scenario.policy.model_dump(include={"lessons_k", "world_model_k", "history_size", "reasoning"})
+    kept = scenario.policy.model_dump(include={"lessons_k", "world_model_k", "history_size", "reasoning", "choice"})
     variant.policy = PolicyConfig(**POLICY_NAMES[key], **kept)
     return variant
 

@@ -89,6 +89,8 @@ def fingerprint(scenario: Scenario) -> dict[str, Any]:
         del dump["policy"]["reasoning"]  # likewise
     if not dump["policy"].get("rate_watched", False):
         dump["policy"].pop("rate_watched", None)  # likewise
+    if dump["policy"].get("choice", "list") == "list":
+        dump["policy"].pop("choice", None)  # likewise
     if dump["pages"].get("show_item_stats", True):
         dump["pages"].pop("show_item_stats", None)  # likewise
     if not dump["pages"].get("popularity_words", False):

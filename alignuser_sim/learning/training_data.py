@@ -8,6 +8,8 @@
   training page, the reply the human's decision in the scenario's decision format. Where learning reflected
   on the page, the reflection's first-person reasoning is the thought; elsewhere a format with a thought gets
   a plain one that states what the human did (never invented taste).
+- With `policy.choice: score` a page is as many examples as it has items, each the scoring agent's yes/no
+  question with the human's answer (`item_examples`).
 - Stage 2 also learns the questions the evaluation asks (`judgment_examples`), on TRAINING items: pages of
   the user's training-split items among items the user never touched, at the evaluation's ratios and page
   size, and the rating call on the user's rated training items. Without them the adapter learns the rollout
@@ -30,6 +32,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from alignuser_sim.agent.decision import FULL, Decision, DecisionFormat, clip_thought, decision_format, positions
+from alignuser_sim.agent.item_scoring import ScoringAgent, answer_word
 from alignuser_sim.agent.persona_agent import PersonaAgent
 from alignuser_sim.agent.policy import PolicySetup
 from alignuser_sim.agent.rating import RatingFormat, rating_messages
@@ -176,11 +179,23 @@ def policy_examples(inputs: LearningInputs, journal: Journal | None, personas: d
                                      history_size=inputs.history_size, decision_format=fmt, domain=domain)
             page = [views.get(i) or ItemView(i, f"item {i}") for i in state.page]
             action = inputs.human_action(uid, s)
+            shown = set(state.page) | {i for i, _ in recent}
+            if isinstance(agent, ScoringAgent):
+                out += item_examples(POLICY, uid, s, agent, page, set(action.watched_ids), shown)
+                continue
             thought = reasoning.get((uid, s)) or plain_thought(page, action)
             reply = human_decision(page, action, thought, fmt).model_dump_json()
-            shown = set(state.page) | {i for i, _ in recent}
             out.append(SFTExample(POLICY, uid, s, agent.messages(state.page_no, page), reply, shown))
     return out
+
+
+def item_examples(stage: str, uid: str, step: int, agent: ScoringAgent, page: list[ItemView], watched: set[str],
+                  shown: set[str]) -> list[SFTExample]:
+    """`policy.choice: score`: one yes/no example per item of the page, in the scoring agent's own question
+    (`agent/item_scoring.py`). Every reply token is the choice: a page-list reply spends a handful of its
+    ~600 tokens on which items, the rest on a prompt the loss does not see."""
+    return [SFTExample(stage, uid, step, agent.item_messages(item), answer_word(item.item_id in watched), shown)
+            for item in page]
 
 
 def rating_reply(fmt: RatingFormat, items: list[ItemView], truths: list[float]) -> BaseModel:
@@ -211,6 +226,10 @@ def judgment_examples(cases: list[UserCase], agents: dict[str, PersonaAgent],
         for ratio in ratios:
             for page_no, (ids, labels) in enumerate(case.page_items(ratio, items_per_page, seed)):
                 page = [views.get(i) or ItemView(i, f"item {i}") for i in ids]
+                if isinstance(agent, ScoringAgent):
+                    out += item_examples(JUDGMENT, case.user_id, page_no, agent, page,
+                                         {i for i, pos in zip(ids, labels, strict=True) if pos}, set(ids))
+                    continue
                 action = Action(tuple((i, known.get(i)) for i, pos in zip(ids, labels, strict=True) if pos), False)
                 thought = plain_thought(page, action)
                 reply = human_decision(page, action, thought, fmt).model_dump_json()

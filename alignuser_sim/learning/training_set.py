@@ -101,7 +101,7 @@ def trained_policy(scenario: Scenario) -> PolicyConfig:
     prompts (lessons and world-model lines included) are the ones the examples are written in."""
     if scenario.policy.kind == "alignuser+":
         return scenario.policy
-    kept = scenario.policy.model_dump(include={"lessons_k", "world_model_k", "history_size", "reasoning"})
+    kept = scenario.policy.model_dump(include={"lessons_k", "world_model_k", "history_size", "reasoning", "choice"})
     return PolicyConfig(kind="alignuser+", **kept)
 
 

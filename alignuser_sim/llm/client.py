@@ -291,12 +291,9 @@ class LLMClient:
         attempts = transport_retries = validation_attempt = 0
         waited = 0.0  # time spent waiting for a concurrency slot: not part of the call's latency
         avoid: Endpoint | None = None
-        request: dict[str, Any] = {
-            "model": model,
-            "messages": msgs,
-            "response_format": response_format_for(output, schema),
-            **params,
-        }
+        request: dict[str, Any] = {"model": model, "messages": msgs, **params}
+        if not params.get("logprobs"):  # a logprobs call is free text, read by its first token (llm/logprobs.py)
+            request["response_format"] = response_format_for(output, schema)
         while True:
             call_seed = derived_seed(seed, validation_attempt) if self.send_seed else None
             if call_seed is None:

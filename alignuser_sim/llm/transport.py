@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from alignuser_sim.errors import UserError
+from alignuser_sim.llm.logprobs import first_token_text
 from alignuser_sim.llm.protocol import is_transient_status
 
 NO_KEY = "EMPTY"  # what the SDK sends when the servers need no key (it refuses an empty one)
@@ -131,8 +132,11 @@ async def send_chat(sdk: Any, request: dict[str, Any], timeout_s: float) -> Comp
         raise TransportError("bad_response", "reply without choices", retryable=True)
     choice = resp.choices[0]
     usage = resp.usage
+    text = choice.message.content if choice.message is not None else None
+    if request.get("logprobs"):  # a call read by its first token's alternatives (llm/logprobs.py)
+        text = first_token_text(choice.logprobs)
     return Completion(
-        text=choice.message.content if choice.message is not None else None,
+        text=text,
         finish_reason=choice.finish_reason,
         prompt_tokens=int(getattr(usage, "prompt_tokens", 0) or 0),
         completion_tokens=int(getattr(usage, "completion_tokens", 0) or 0),

@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from alignuser_sim.llm.balancer import Endpoint
 from alignuser_sim.llm.client import LLMClient
 from alignuser_sim.llm.protocol import CallResult, T
+from alignuser_sim.llm.schemas import json_schema_for
 from alignuser_sim.llm.transport import Completion, TransportError
 
 _current_output: contextvars.ContextVar[type[BaseModel] | None] = contextvars.ContextVar(
@@ -100,10 +101,11 @@ class ScriptedLLM(LLMClient):
             _current_output.reset(token)
 
     async def _send(self, endpoint: Endpoint, request: dict[str, Any]) -> Completion:
-        schema = request["response_format"]["json_schema"]["schema"]
+        output = _current_output.get()
+        schema = (request["response_format"]["json_schema"]["schema"] if "response_format" in request
+                  else json_schema_for(output) if output is not None else {})
         params = {k: v for k, v in request.items() if k not in ("messages", "response_format")}
-        req = FakeRequest(len(self.requests), [dict(m) for m in request["messages"]], schema,
-                          _current_output.get(), params)
+        req = FakeRequest(len(self.requests), [dict(m) for m in request["messages"]], schema, output, params)
         self.requests.append(req)
         if self.script is not None:
             step = self.script[min(req.n, len(self.script) - 1)] if self.script else None
