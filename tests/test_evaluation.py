@@ -233,6 +233,37 @@ def test_eval_json_written_by_cli_path(tmp_path):
     assert (folder / "decisions.parquet").exists() and not list((folder / "decisions").glob("part-*"))
 
 
+def test_endpoint_option_points_eval_at_a_running_server(tmp_path):
+    """`--endpoint` replaces llm.endpoints (here a dead port) without a second scenario file; `/list` after a
+    policy name sets policy.choice for that row; a bad URL is one line, exit code 2."""
+    from typer.testing import CliRunner
+
+    from alignuser_sim.cli import app
+    from alignuser_sim.testing.http_server import Reply, ScriptedServer
+
+    def respond(body, n):
+        props = body["response_format"]["json_schema"]["schema"]["properties"]
+        if "items" in props:
+            return Reply(json.dumps(answer_page(page_ids(body["response_format"]["json_schema"]["schema"]), set())))
+        return Reply(json.dumps({"ratings": {i: 3 for i in props["ratings"]["properties"]}}))
+
+    path = write_scenario(tmp_path, "llm: {endpoints: ['http://127.0.0.1:9/v1'], cache: 'off', max_retries: 0}\n"
+                                    "policy: {choice: score}\neval: {ratios: [1], users: 2, bootstrap: 20}\n")
+    with ScriptedServer(respond) as server:
+        result = CliRunner().invoke(app, ["eval", str(path), "--endpoint", server.base_url, "--policies",
+                                          "prompt-only/list", "--no-references"])
+        assert result.exit_code == 0, result.output
+        assert server.count > 0
+    summary = json.loads((tmp_path / "runs" / "clitest" / "eval" / "eval.json").read_text())
+    assert [r["policy"] for r in summary["micro"]] == ["prompt-only"]
+    assert summary["micro"][0]["failed_pages"] == 0
+    bad = subprocess.run([CLI, "eval", str(path), "--endpoint", "localhost:8731"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert [x for x in bad.stderr.splitlines() if x.strip()] == ["--endpoint: 'localhost:8731' is not an http(s) "
+                                                                 "URL"]
+
+
 def test_summarize_a_hand_made_table(tmp_path):
     """Two policies, two users, one ratio; every number below is counted by hand."""
     from alignuser_sim.evaluation.micro import DECISION_KEY, DECISIONS, RATING_KEY, RATINGS

@@ -18,6 +18,7 @@ from alignuser_sim.core import ItemView
 from alignuser_sim.data import load_dataset
 from alignuser_sim.data.personas import build_personas
 from alignuser_sim.data.training_stats import TrainingStats
+from alignuser_sim.errors import UserError
 from alignuser_sim.learning.training_data import JUDGMENT, judgment_examples
 from alignuser_sim.llm import LLMClient
 from alignuser_sim.llm.logprobs import FirstToken, first_token_text
@@ -116,6 +117,20 @@ def test_config_label_and_setup():
     a = setup.agent(persona, seed=1)
     assert isinstance(a, ScoringAgent) and a.stats is not None and 0 < a.stats.rate("1") <= 1
     assert isinstance(setup.subset(["1"]).agent(persona), ScoringAgent)
+
+
+def test_policy_names_take_the_choice_as_the_tables_label_it():
+    from alignuser_sim.evaluation.cases import policy_variant
+
+    s = scenario()
+    assert policy_variant(s, "alignuser+").policy.label == "alignuser+/score"  # the scenario's choice is kept
+    assert policy_variant(s, "prompt-only/list").policy.label == "prompt-only"
+    assert policy_variant(policy_variant(s, "prompt-only/list"), "Prompt-Only/Score").policy.choice == "score"
+    assert policy_variant(s, "popularity").policy.kind == "popularity"  # compare's reference of a scoring scenario
+    for bad, said in [("popularity/score", "no LLM call"), ("prompt-only/rank", "list or score"),
+                      ("nobody/score", "unknown policy")]:
+        with pytest.raises(UserError, match=said):
+            policy_variant(s, bad)
 
 
 def test_training_examples_are_one_yes_or_no_per_item():

@@ -24,7 +24,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from alignuser_sim.config import LLMConfig
+    from alignuser_sim.config import LLMConfig, Scenario
     from alignuser_sim.llm.client import LLMClient
 
 out = Console()
@@ -117,6 +117,26 @@ def llm_client(config: LLMConfig, folder: Path) -> Iterator[LLMClient]:
 
     with open_client(config, folder, reporter.note) as client:
         yield client
+
+
+ENDPOINT_OPT = typer.Option(
+    None, "--endpoint", help="OpenAI-compatible base URL of a running server instead of the scenario's "
+    "llm.endpoints (repeat for several), e.g. a merged adapter served by `alignuser-sim llm serve --port 8731`")
+
+
+def with_endpoints(scenario: Scenario, urls: list[str] | None) -> Scenario:
+    """`--endpoint`: the scenario pointed at servers already running. A run against a merged adapter or a
+    second server should not need a copy of the scenario that differs by one line."""
+    from pydantic import ValidationError
+
+    from alignuser_sim.errors import UserError
+
+    if urls:
+        try:
+            scenario.llm.endpoints = list(urls)
+        except ValidationError as exc:
+            raise UserError(f"--endpoint: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    return scenario
 
 
 def table(title: str, rows: dict[str, object]) -> Table:

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from alignuser_sim.cli.common import Bar, err, exit_on_interrupt, reporter
+from alignuser_sim.cli.common import ENDPOINT_OPT, Bar, err, exit_on_interrupt, reporter, with_endpoints
 from alignuser_sim.cli.common import out_wide as out
 from alignuser_sim.cli.run import ADDRESS_OPT, NUM_CPUS_OPT, ray_runner, run_bar
 from alignuser_sim.config import load_scenario
@@ -52,6 +52,7 @@ def eval_cmd(
     references: bool = typer.Option(
         True, "--references/--no-references", help="Also the reference policies without an LLM on the same pages "
         "(always-watch, random, popularity, popularity-oracle; global/item/user mean ratings)"),
+    endpoints: list[str] | None = ENDPOINT_OPT,
 ) -> None:
     """Micro evaluation: held-out positives mixed with never-seen negatives at each ratio; accuracy, precision,
     recall, F1, rating RMSE/MAE with 95% bootstrap intervals, beside reference policies that use no LLM.
@@ -59,7 +60,7 @@ def eval_cmd(
     from alignuser_sim.api import evaluate
     from alignuser_sim.store import EvalFolder
 
-    scenario = load_scenario(scenario_file)
+    scenario = with_endpoints(load_scenario(scenario_file), endpoints)
     folder = out_dir or scenario.run_dir() / "eval"
     ratio_list = _ints(ratios, "--ratios", 1, 9) if ratios is not None else None
     interrupted = f"interrupted: what is decided is kept; re-run the same command to finish ({folder})"
@@ -129,6 +130,7 @@ def compare_cmd(
         "alignuser+, ... or popularity (the no-LLM reference). Default folder: OUTPUT_DIR/NAME/compare-POLICY"),
     no_references: bool = typer.Option(
         False, "--no-references", help="Skip the no-LLM popularity user run beside an LLM policy's compare"),
+    endpoints: list[str] | None = ENDPOINT_OPT,
     address: str | None = ADDRESS_OPT,
     num_cpus: int | None = NUM_CPUS_OPT,
 ) -> None:
@@ -137,7 +139,7 @@ def compare_cmd(
     from alignuser_sim.api import compare
     from alignuser_sim.store import CompareFolder
 
-    scenario = load_scenario(scenario_file)
+    scenario = with_endpoints(load_scenario(scenario_file), endpoints)
     folder = out_dir or scenario.run_dir() / "compare"
     if policy is not None:
         from alignuser_sim.evaluation.cases import policy_variant

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from alignuser_sim.cli.common import Bar, err, exit_on_interrupt, out, reporter, table
+from alignuser_sim.cli.common import ENDPOINT_OPT, Bar, err, exit_on_interrupt, out, reporter, table, with_endpoints
 from alignuser_sim.cli.data import build_personas_for, build_rollouts_for, load, print_personas
 from alignuser_sim.config import Scenario, load_scenario
 from alignuser_sim.errors import UserError
@@ -66,6 +66,7 @@ def run(
     policy: str | None = typer.Option(
         None, "--policy", help="The agents' policy instead of the scenario's: prompt-only, alignuser, alignuser+, "
         "... or popularity (the no-LLM reference user)"),
+    endpoints: list[str] | None = ENDPOINT_OPT,
     address: str | None = ADDRESS_OPT,
     num_cpus: int | None = NUM_CPUS_OPT,
 ) -> None:
@@ -74,7 +75,9 @@ def run(
         raise UserError("run: give a scenario file or --resume RUN_DIR (one of the two)")
     if policy is not None and resume is not None:
         raise UserError("run: --policy is for a new run; --resume continues with the run's own policy")
-    scenario = load_scenario(scenario_file) if scenario_file is not None else None
+    if endpoints and resume is not None:
+        raise UserError("run: --endpoint is for a new run; --resume continues with the run's own scenario")
+    scenario = with_endpoints(load_scenario(scenario_file), endpoints) if scenario_file is not None else None
     if scenario is not None and policy is not None:
         from alignuser_sim.evaluation.cases import policy_variant
 

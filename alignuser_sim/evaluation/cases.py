@@ -36,14 +36,25 @@ POLICY_ALIASES = {"lessons": "+lessons", "world-model": "+world-model", "+world 
 
 
 def policy_variant(scenario: Scenario, name: str, option: str = "--policies") -> Scenario:
-    """The scenario with its policy replaced by the named one (retrieval sizes and decision format kept)."""
-    key = POLICY_ALIASES.get(name.strip().lower(), name.strip().lower())
+    """The scenario with its policy replaced by the named one (retrieval sizes and decision format kept).
+
+    A `/list` or `/score` suffix, as the eval tables label rows (`prompt-only/score`), sets `policy.choice`,
+    so one scenario gives both rows of a policy; without one the scenario's choice is kept."""
+    text = name.strip().lower()
+    base, slash, suffix = text.partition("/")
+    if slash and suffix not in ("list", "score"):
+        raise UserError(f"{option}: '{name}': after '/' comes list or score (policy.choice)")
+    key = POLICY_ALIASES.get(base, base)
     if key not in POLICY_NAMES:
-        raise UserError(f"{option}: unknown policy '{name}' (choose from {', '.join(POLICY_NAMES)})")
+        raise UserError(f"{option}: unknown policy '{name}' (choose from {', '.join(POLICY_NAMES)}; "
+                        "add /score or /list to set policy.choice)")
     variant = scenario.model_copy(deep=True)
     kept = scenario.policy.model_dump(include={"lessons_k", "world_model_k", "history_size", "reasoning", "choice"})
+    if slash:
+        kept["choice"] = suffix
+    if POLICY_NAMES[key]["kind"] == "popularity":
+        if suffix == "score":
+            raise UserError(f"{option}: '{name}': popularity makes no LLM call, so it has no /score")
+        kept["choice"] = "list"  # the reference user of a scoring scenario (compare's popularity run)
     variant.policy = PolicyConfig(**POLICY_NAMES[key], **kept)
     return variant
-
-
-# --- the cases --------------------------------------------------------------------------------------------
