@@ -287,6 +287,12 @@ RESUME_CASES = {
     "run-without-anything": Case(["run"], "give a scenario file or --resume RUN_DIR"),
     "resume-with-out": Case(["run", "--resume", "run", "--out", "elsewhere"],
                             "--out is for a new run; --resume continues the run in its own folder", {}, _run_folder()),
+    "resume-with-endpoint": Case(["run", "--resume", "run", "--endpoint", "http://127.0.0.1:8731/v1"],
+                                 "--endpoint is for a new run", {}, _run_folder()),
+    "compare-endpoint-not-a-url": Case(["compare", "s.yaml", "--endpoint", "127.0.0.1:8731"],
+                                       "--endpoint: '127.0.0.1:8731' is not an http(s) URL", {"s.yaml": GOOD}),
+    "policy-suffix-unknown": Case(["compare", "s.yaml", "--policy", "prompt-only/rank"],
+                                  "--policy: 'prompt-only/rank': after '/' comes list or score", {"s.yaml": GOOD}),
 }
 
 CASES = {**{f"yaml/{k}": v for k, v in YAML_CASES.items()}, **{f"value/{k}": v for k, v in VALUE_CASES.items()},

@@ -71,4 +71,5 @@ def train_cmd(
     if merge:
         for name, path in merge_adapters(scenario, on_note=err.print).items():
             out.print(f"merged: {path}\n  serve it on a CPU: alignuser-sim llm serve --model {path} "
-                      f"--served-model-name {name} --port 8731, then llm.endpoints: [http://127.0.0.1:8731/v1]")
+                      f"--served-model-name {name} --port 8731, then eval --policies alignuser+ "
+                      "--endpoint http://127.0.0.1:8731/v1 (or llm.endpoints in the scenario)")
