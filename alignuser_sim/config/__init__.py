@@ -1,7 +1,8 @@
 """The scenario: one YAML file that fully determines a run (with its seed).
 
 Every knob lives in the model tree of `models.py` (the `eval:`, `train:` and `judge:` sections in
-`measuring.py`, bounds on free-form values in `params.py`); `loading.py` reads, validates and resolves a file.
+`measuring.py`, `llm:` and `serve:` in `serving.py`, bounds on free-form values in `params.py`); `loading.py`
+reads, validates and resolves a file.
 Import from here: `from alignuser_sim.config import Scenario, load_scenario`.
 """
 
@@ -13,18 +14,16 @@ from alignuser_sim.config.models import (
     DatasetName,
     DomainWords,
     LearningConfig,
-    LLMConfig,
     PagesConfig,
     PolicyConfig,
     PopulationConfig,
     RecommenderConfig,
     RunConfig,
-    SamplingConfig,
     Scenario,
-    ServeConfig,
     TableColumns,
 )
 from alignuser_sim.config.params import BUILTIN_RECOMMENDERS, RecommenderName, recommender_name_problem
+from alignuser_sim.config.serving import LLMConfig, SamplingConfig, ServeConfig
 
 __all__ = [
     "BUILTIN_RECOMMENDERS",
