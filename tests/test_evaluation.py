@@ -225,8 +225,8 @@ def test_eval_json_written_by_cli_path(tmp_path):
     summary = json.loads((folder / "eval.json").read_text())
     (row,) = [r for r in summary["micro"] if r["kind"] == "llm"]
     assert row["ratio"] == 2 and row["recall"]["value"] == 0.0 and row["accuracy"]["value"] == pytest.approx(2 / 3)
-    assert summary["references"] == ["always-watch", "random", "popularity", "popularity-oracle", "global-mean",
-                                     "item-mean", "user-mean"]  # on by default, beside the LLM policy
+    assert summary["references"] == ["always-watch", "random", "popularity", "popularity-oracle", "least-popular",
+                                     "global-mean", "item-mean", "user-mean"]  # on by default, beside the LLM policy
     assert summary["llm"]["calls"] == calls  # the references make no call and are not counted as calls
     assert "0 LLM calls to make" in " ".join(again.output.split())
     assert json.loads((folder / "eval.json").read_text()) == summary

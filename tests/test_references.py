@@ -21,6 +21,7 @@ from alignuser_sim.evaluation.references import (
     DECISION_REFERENCES,
     RATING_REFERENCES,
     TrainingStats,
+    least_popular,
     popularity,
     popularity_oracle,
     random_watch,
@@ -54,6 +55,10 @@ def test_popularity_oracle_picks_the_most_popular_as_many_as_positives():
     assert popularity(items, [True] * 4, s, "mid", (1, 0), 0) == [False, True, False, True]  # 1.5 -> 2
     assert sum(popularity(items, [True] * 4, s, "new", (1, 0), 0)) == 2  # mean_rate 0.5
     assert DECISION_REFERENCES["always-watch"](items, [False] * 4, s, "u", (1, 0), 0) == [True] * 4
+    # least-popular: as many as popularity takes, from the other end (never-interacted w first, ties by id)
+    assert least_popular(items, [True] * 4, s, "low", (1, 0), 0) == [False, False, True, False]
+    assert least_popular(items, [True] * 4, s, "mid", (1, 0), 0) == [True, False, True, False]
+    assert sum(least_popular(items, [True] * 4, s, "new", (1, 0), 0)) == 2
 
 
 def test_random_watches_at_the_users_rate_reproducibly():

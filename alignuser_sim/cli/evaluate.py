@@ -51,7 +51,7 @@ def eval_cmd(
     ratings: bool = typer.Option(True, "--ratings/--no-ratings", help="Also ask for ratings (RMSE/MAE)"),
     references: bool = typer.Option(
         True, "--references/--no-references", help="Also the reference policies without an LLM on the same pages "
-        "(always-watch, random, popularity, popularity-oracle; global/item/user mean ratings)"),
+        "(always-watch, random, popularity, popularity-oracle, least-popular; global/item/user mean ratings)"),
     endpoints: list[str] | None = ENDPOINT_OPT,
 ) -> None:
     """Micro evaluation: held-out positives mixed with never-seen negatives at each ratio; accuracy, precision,

@@ -49,9 +49,11 @@ class TrainingStats:
     def pages(self, user: str) -> float:
         return self.session_pages.get(user, self.mean_session_pages)
 
-    def top(self, items: list[str], n: int) -> list[bool]:
-        """The n most popular items of the page (ties: by item id), as watched flags in page order."""
-        ranked = sorted(range(len(items)), key=lambda i: (-self.popularity.get(items[i], 0), items[i]))
+    def top(self, items: list[str], n: int, least: bool = False) -> list[bool]:
+        """The n most (least: the n least) popular items of the page (ties: by item id), as watched flags in
+        page order."""
+        sign = 1 if least else -1
+        ranked = sorted(range(len(items)), key=lambda i: (sign * self.popularity.get(items[i], 0), items[i]))
         chosen = set(ranked[: max(0, n)])
         return [i in chosen for i in range(len(items))]
 

@@ -54,8 +54,17 @@ def popularity_oracle(items: list[str], positive: list[bool], stats: TrainingSta
     return stats.top(items, sum(positive))
 
 
+def least_popular(items: list[str], positive: list[bool], stats: TrainingStats, user: str, where: tuple[int, int],
+                  seed: int) -> list[bool]:
+    """The page's LEAST popular items, as many as popularity takes. Why: the protocol's negatives are items the
+    user never touched, drawn from the whole catalogue; where a dataset's held-out items are the niche ones
+    (Amazon-Books: the held-out books have fewer training readers than the negatives beside them), preferring
+    the unknown wins without any taste, and a policy's accuracy must be read against that too."""
+    return stats.top(items, round_half_up(stats.rate(user) * len(items)), least=True)
+
+
 DECISION_REFERENCES = {"always-watch": always_watch, "random": random_watch, "popularity": popularity,
-                       "popularity-oracle": popularity_oracle}
+                       "popularity-oracle": popularity_oracle, "least-popular": least_popular}
 RATING_REFERENCES = ("global-mean", "item-mean", "user-mean")
 REFERENCES = (*DECISION_REFERENCES, *RATING_REFERENCES)
 

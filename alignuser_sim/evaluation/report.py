@@ -210,8 +210,9 @@ def micro_section(micro: dict[str, Any], images: list[Image]) -> Section:
             "Kind `reference`: policies without any LLM on the very same pages (evaluation/references.py), "
             "knowing only the training split: always-watch; random at the user's training watch rate; popularity "
             "(the page's most watched items in training, as many as that rate implies); popularity-oracle (the "
-            "same, told how many positives the page holds: no real policy knows that); for ratings the global, "
-            "item and user mean. A fidelity number counts only above them.")
+            "same, told how many positives the page holds: no real policy knows that); least-popular (the page's "
+            "least watched items at the user's rate: strong where the held-out items are the niche ones); for "
+            "ratings the global, item and user mean. A fidelity number counts only above them.")
     rows = [[r["policy"], r.get("kind", "llm"), f"1:{r['ratio']}", str(r["users"]), str(r["items"]), ci(r["accuracy"]),
              ci(r["precision"]), ci(r["recall"]), ci(r["f1"]), f"{r['failed_pages']} ({r['failed_items']} items)"]
             for r in micro["micro"]]
