@@ -205,6 +205,25 @@ def test_references_resume_and_refuse_other_pages(evaluated):
     assert aus.evaluate(other, llm=ScriptedLLM(responder(None)), out=result.folder, references=False).summary
 
 
+def test_a_folder_from_before_a_new_reference_gains_its_rows(tmp_path, monkeypatch):
+    """least-popular came after folders were written: the next `eval` adds its rows, and no LLM call."""
+    from alignuser_sim.evaluation import references
+
+    scenario = make_scenario(tmp_path)
+    with monkeypatch.context() as m:
+        m.delitem(references.DECISION_REFERENCES, "least-popular")
+        old = aus.evaluate(scenario, llm=ScriptedLLM(responder(None, rating=5)), out=tmp_path / "eval")
+    assert "least-popular" not in old.summary["policies"]
+    llm = ScriptedLLM(responder(None, rating=5))
+    new = aus.evaluate(scenario, llm=llm, out=tmp_path / "eval")
+    assert not llm.requests and "least-popular" in new.summary["references"]
+    rows = [r for r in new.decisions.to_pylist() if r["policy"] == "least-popular"]
+    assert len(rows) == len([r for r in new.decisions.to_pylist() if r["policy"] == "popularity"]) > 0
+    kept = {(r["policy"], r["ratio"]): r["accuracy"] for r in old.summary["micro"]}
+    assert all(kept[(r["policy"], r["ratio"])] == r["accuracy"] for r in new.summary["micro"]
+               if r["policy"] != "least-popular")
+
+
 def test_cli_no_references(tmp_path):
     from typer.testing import CliRunner
 
