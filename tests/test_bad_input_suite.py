@@ -458,3 +458,18 @@ def test_an_empty_existing_out_folder_is_fine(work: Path) -> None:
     (work / "empty").mkdir()
     RunFolder(work / "empty").check_new()
     RunFolder(work / "new" / "deeper").check_new()
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["nosuchcommand"], "No such command 'nosuchcommand'"),
+    (["eval"], "Missing argument"),
+    (["run", "--nope"], "No such option: --nope"),
+])
+def test_usage_errors_in_a_real_process(args: list[str], expected: str, tmp_path: Path) -> None:
+    """Click's usage errors (typer >= 0.29 raises its own copy of click's classes): exit 2, the usage and one
+    error line, never a traceback."""
+    proc = subprocess.run([sys.executable, "-m", "alignuser_sim.cli", *args], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and expected in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) <= 4, proc.stderr[-3000:]

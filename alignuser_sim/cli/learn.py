@@ -17,7 +17,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.table import Table
 from typer.core import TyperGroup
@@ -30,7 +29,7 @@ from alignuser_sim.store import LearningFolder
 class _DefaultRun(TyperGroup):
     """A group whose unknown first argument (or a first option other than --help) belongs to `run`."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
             args = ["run", *args]
         return super().parse_args(ctx, args)

@@ -17,8 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-import click
 import typer
+
+try:  # typer >= 0.29 raises the exceptions of its own copy of click (typer._click); older typer, click's
+    from typer._click import exceptions as _click_exceptions
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import exceptions as _click_exceptions
 
 from alignuser_sim import __version__
 from alignuser_sim.cli.common import err, out
@@ -136,10 +140,10 @@ def main() -> None:
         except UserError as exc:
             print(str(exc), file=sys.stderr)
             sys.exit(exc.exit_code)
-        except click.exceptions.UsageError as exc:
+        except _click_exceptions.UsageError as exc:
             exc.show()
             sys.exit(2)
-        except click.exceptions.Abort:
+        except _click_exceptions.Abort:
             _exit_interrupted()
         except KeyboardInterrupt:
             _exit_interrupted()
