@@ -121,6 +121,19 @@ def test_reasoning_defaults_to_full_and_travels_with_policy_variants(tmp_path):
         scenario(tmp_path, {"reasoning": "short"})
 
 
+def test_rate_watched_and_choice_travel_with_policy_variants(tmp_path):
+    """`compare --policy alignuser+` on a rating, scoring scenario: the swapped policy still rates its watches
+    (without it satisfaction is unmeasurable); the popularity user takes neither (it makes no call)."""
+    from alignuser_sim.evaluation.cases import policy_variant
+
+    rating = scenario(tmp_path, {"kind": "prompt-only", "choice": "score", "rate_watched": True})
+    plus = policy_variant(rating, "alignuser+").policy
+    assert (plus.kind, plus.choice, plus.rate_watched) == ("alignuser+", "score", True)
+    assert policy_variant(rating, "prompt-only/list").policy.rate_watched
+    pop = policy_variant(rating, "popularity").policy
+    assert (pop.kind, pop.choice, pop.rate_watched) == ("popularity", "list", False)
+
+
 # --- policy.rate_watched: the simulation's agent rates what a page decision left unrated ----------------------
 
 def _rating_agent(tmp_path, rate_watched, reasoning="none", **kwargs):

@@ -36,7 +36,8 @@ POLICY_ALIASES = {"lessons": "+lessons", "world-model": "+world-model", "+world 
 
 
 def policy_variant(scenario: Scenario, name: str, option: str = "--policies") -> Scenario:
-    """The scenario with its policy replaced by the named one (retrieval sizes and decision format kept).
+    """The scenario with its policy replaced by the named one (retrieval sizes, decision format, choice and
+    rate_watched kept: `compare --policy alignuser+` on a scenario that rates its watches must still rate them).
 
     A `/list` or `/score` suffix, as the eval tables label rows (`prompt-only/score`), sets `policy.choice`,
     so one scenario gives both rows of a policy; without one the scenario's choice is kept."""
@@ -49,12 +50,13 @@ def policy_variant(scenario: Scenario, name: str, option: str = "--policies") ->
         raise UserError(f"{option}: unknown policy '{name}' (choose from {', '.join(POLICY_NAMES)}; "
                         "add /score or /list to set policy.choice)")
     variant = scenario.model_copy(deep=True)
-    kept = scenario.policy.model_dump(include={"lessons_k", "world_model_k", "history_size", "reasoning", "choice"})
+    kept = scenario.policy.model_dump(include={"lessons_k", "world_model_k", "history_size", "reasoning", "choice",
+                                               "rate_watched"})
     if slash:
         kept["choice"] = suffix
     if POLICY_NAMES[key]["kind"] == "popularity":
         if suffix == "score":
             raise UserError(f"{option}: '{name}': popularity makes no LLM call, so it has no /score")
-        kept["choice"] = "list"  # the reference user of a scoring scenario (compare's popularity run)
+        kept.update(choice="list", rate_watched=False)  # the reference user of a scoring scenario (compare's run)
     variant.policy = PolicyConfig(**POLICY_NAMES[key], **kept)
     return variant
