@@ -241,3 +241,11 @@ def test_a_run_with_rate_watched_rates_every_watch_and_counts_the_calls(tmp_path
     events, llm = run(False)
     assert {r for e in events for w, r in zip(e["watched"], e["ratings"], strict=True) if w} == {None}
     assert len(llm.requests) == 8
+
+
+def test_compare_folders_of_policy_labels_are_one_level():
+    from alignuser_sim.cli.evaluate import compare_folder_name
+
+    assert compare_folder_name("alignuser+/score") == "compare-alignuser+-score"
+    assert compare_folder_name("adapter+world model") == "compare-adapter+world-model"
+    assert compare_folder_name("popularity") == "compare-popularity"  # folders written before keep their names

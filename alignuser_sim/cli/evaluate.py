@@ -7,6 +7,7 @@ imported inside the commands. All three are resumable: a re-run does only what i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,12 @@ def _ints(text: str, option: str, low: int, high: int) -> list[int]:
     if not values or any(not low <= v <= high for v in values):
         raise UserError(f"{option}: '{text}': each value must be between {low} and {high}")
     return sorted(set(values))
+
+
+def compare_folder_name(label: str) -> str:
+    """compare-LABEL, one path level: `alignuser+/score` -> compare-alignuser+-score (a slash would nest two
+    folders, a space would need quoting in every command that names it)."""
+    return "compare-" + re.sub(r"[/\s]+", "-", label)
 
 
 def _names(text: str) -> list[str]:
@@ -145,7 +152,7 @@ def compare_cmd(
         from alignuser_sim.evaluation.cases import policy_variant
 
         scenario = policy_variant(scenario, policy, "--policy")
-        folder = out_dir or scenario.run_dir() / f"compare-{scenario.policy.label}"
+        folder = out_dir or scenario.run_dir() / compare_folder_name(scenario.policy.label)
     bar = run_bar()
 
     def announce(name: str, status: str) -> None:
