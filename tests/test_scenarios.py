@@ -31,7 +31,7 @@ def test_shipped_scenarios_are_the_named_ones():
     assert {p.stem for p in SHIPPED} == {"quickstart", "ml-100k", "ml-1m-agent4rec", "ml-1m-eval", "amazon-books",
                                          "steam", "ml-1m-believability", "ml-100k-believability", "ml-100k-eval",
                                          "amazon-books-eval", "steam-eval", "ml-1m-compare", "ml-100k-score",
-                                         "ml-1m-score", "steam-score", "amazon-books-score"}
+                                         "ml-1m-score", "steam-score", "amazon-books-score", "ml-1m-compare-score"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
